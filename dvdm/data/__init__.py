@@ -1,0 +1,1 @@
+"""Datasets: sources that yield clips with captions, splits and provenance; shards and manifests on disk."""
