@@ -29,13 +29,24 @@ def test_resize_keeps_flat_colour(mode):
         assert np.all(resize(flat, h, w, mode=mode) == np.array([10, 200, 77], np.uint8))
 
 
-def test_area_downscale_averages_blocks(clip):
-    # An integer factor: each output pixel is its 2x2 block's mean, as cv2.INTER_AREA gives. Pillow
-    # rounds after each of its two passes, so it may land one grey level away from the exact mean.
-    out = resize(clip, 12, 20, mode="area").astype(float)
-    blocks = clip.reshape(3, 12, 2, 20, 2, 3).astype(float).mean(axis=(2, 4))
-    assert np.abs(out - blocks).max() <= 1.0
-    assert np.abs(out - blocks).mean() < 0.5
+@pytest.mark.parametrize("fy, fx", [(2, 2), (3, 4), (1, 2)])
+def test_area_whole_factor_is_the_rounded_block_mean(clip, fy, fx):
+    # What cv2.INTER_AREA gives for whole-number factors: each block's mean, rounded once.
+    h, w = 24 // fy, 40 // fx
+    out = resize(clip, h, w, mode="area").astype(float)
+    blocks = clip.reshape(3, h, fy, w, fx, 3).astype(float).mean(axis=(2, 4))
+    assert np.abs(out - blocks).max() <= 0.5 + 1e-6
+
+
+def test_area_fractional_factor_stays_within_one_level_of_the_area_mean():
+    # 3 -> 2 pixels: output 0 covers pixel 0 and half of pixel 1, output 1 the other half and pixel 2.
+    rng = np.random.default_rng(1)
+    clip = rng.integers(0, 256, (2, 30, 45, 3), dtype=np.uint8)
+    out = resize(clip, 20, 30, mode="area").astype(float)
+    weights = np.array([[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]])
+    blocks = clip.reshape(2, 10, 3, 15, 3, 3).astype(float)
+    expected = np.einsum("ai,bj,tyixjc->tyaxbc", weights, weights, blocks).reshape(2, 20, 30, 3)
+    assert np.abs(out - expected).max() <= 1.0 + 1e-6
 
 
 def test_nearest_upscale_repeats_pixels(clip):

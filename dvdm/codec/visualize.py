@@ -243,15 +243,16 @@ def motion_to_rgb(mv: np.ndarray, block: int, height: int, width: int, max_motio
 def inspect_mp4(path: str | os.PathLike[str], frames: np.ndarray, mv: np.ndarray, residual: np.ndarray, *,
                 block: int, fps: float = 8, max_motion: float | None = None) -> None:
     """A video of T frames, three panels side by side: the frame, its HSV motion field (see
-    `motion_to_rgb`; normalised by `max_motion`, e.g. the search range, default the clip's largest
-    vector) and the residual magnitude (mean |r| over channels * 4, clipped, gray). Frame 0 (the I-frame)
-    has no motion or residual: black panels."""
+    `motion_to_rgb`; normalised by `max_motion`, e.g. the search range; default: the 99th percentile
+    of the clip's non-zero vector lengths, so one wild vector does not darken everything) and the
+    residual magnitude (mean |r| over channels * 4, clipped, gray). Frame 0 (the I-frame) has no motion
+    or residual: black panels. Written with `dvdm.video.writer.write_mp4` (H.264, T frames at `fps`)."""
     frames, mv, residual = _check_clip(frames, mv, residual, block)
     t, h, w, _ = frames.shape
     if max_motion is None:
-        max_motion = float(np.hypot(mv[..., 0].astype(np.float32), mv[..., 1].astype(np.float32)).max()) \
-            if mv.size else 0.0
-        max_motion = max(max_motion, 1.0)
+        lengths = np.hypot(mv[..., 0].astype(np.float32), mv[..., 1].astype(np.float32))
+        lengths = lengths[lengths > 0]
+        max_motion = max(float(np.percentile(lengths, 99)), 1.0) if lengths.size else 1.0
     elif not max_motion > 0:
         raise ValueError(f"max_motion must be positive, got {max_motion}")
     out = np.zeros((t, h, 3 * w, 3), np.uint8)

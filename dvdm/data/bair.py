@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +33,13 @@ from PIL import Image
 
 from dvdm.data.base import SPLITS, Clip, ClipSpec
 from dvdm.data.folder import (check_fractions, check_root, check_spec, clip_indices, finish_frames, frames_needed,
-                              hashed_split, too_short)
+                              hashed_split, natural_key, too_short)
 from dvdm.data.tfrecord import read_examples
 from dvdm.errors import ClipTooShortError, ConfigError, DataError
 from dvdm.video import SUPPORTED_IMAGE_EXTENSIONS, read_video
 
 _SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
-
-
-def natural_key(name: str) -> list[Any]:
-    """Sort "traj_2_to_3" before "traj_10_to_11" and "2" before "10"."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in re.split(r"(\d+)", name)]
 
 
 def _has_images(folder: Path) -> bool:

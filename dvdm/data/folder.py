@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,8 +169,9 @@ def too_short(where: str, exc: ClipTooShortError, skip_short: bool) -> None:
     raise DataError(f"{where}: {exc} (set skip_short to skip such videos, or pad_short to pad them)") from exc
 
 
-def posix(path: Path) -> str:
-    return path.as_posix()
+def natural_key(name: str) -> list[Any]:
+    """Sort "2.png" before "10.png" and "traj_2_to_3" before "traj_10_to_11" (as read_video orders frames)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in re.split(r"(\d+)", name)]
 
 
 # ------------------------------------------------------------------------------------ captions file

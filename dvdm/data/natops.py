@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 
 from dvdm.data.base import Clip, ClipSpec
-from dvdm.data.folder import check_root, check_spec, clip_indices, finish_frames, scale_box, subject_splits, too_short
+from dvdm.data.folder import (check_root, check_spec, clip_indices, finish_frames, natural_key, scale_box,
+                              subject_splits, too_short)
 from dvdm.errors import ClipTooShortError, ConfigError, DataError
-from dvdm.video import read_video
+from dvdm.video import SUPPORTED_IMAGE_EXTENSIONS, read_video
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,6 @@ def parse_segmentation(path: str | os.PathLike[str]) -> dict[tuple[int, int], li
     subject_count = 0
     gesture: int | None = None
     gesture_count = 0
-    gesture_line = 0
     subjects_seen: dict[int, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -121,7 +121,6 @@ def parse_segmentation(path: str | os.PathLike[str]) -> dict[tuple[int, int], li
             if (subject, gesture) in out:
                 raise DataError(f"{name} line {number}: subject {subject} gesture {gesture} appears twice")
             out[(subject, gesture)] = []
-            gesture_line = number
             continue
         m = _REP_RE.fullmatch(line)
         if m:
@@ -141,7 +140,6 @@ def parse_segmentation(path: str | os.PathLike[str]) -> dict[tuple[int, int], li
     if empty:
         s, g = empty[0]
         raise DataError(f"{name}: subject {s} gesture {g} has no repetitions")
-    del gesture_line
     return out
 
 
@@ -160,13 +158,21 @@ class _Folder:
     path: Path
 
 
-def _scan_videos(folder: Path) -> list[_Video]:
-    if not folder.is_dir():
+def _scan_videos(root: Path) -> list[_Video]:
+    """RGB videos directly under root or in its gestureXX/ folders (not a recursive walk: LFDM's frame
+    folders may sit next to them, hundreds of thousands of files)."""
+    if not root.is_dir():
         return []
+    candidates: list[Path] = []
+    for entry in root.iterdir():
+        if entry.is_dir() and entry.name.lower().startswith("gesture"):
+            candidates.extend(entry.iterdir())
+        else:
+            candidates.append(entry)
     out = []
-    for f in folder.rglob("*"):
+    for f in candidates:
         m = _VIDEO_RE.fullmatch(f.name)
-        if m and f.is_file() and (f.parent == folder or f.parent.parent == folder):
+        if m and f.is_file():
             out.append(_Video(int(m.group(1)), int(m.group(2)), f))
     return out
 
@@ -317,7 +323,8 @@ class NatopsSource:
             too_short(rel, exc, self.skip_short)
             return None
         # LFDM names frames gXXsYYpZZ-<count>-<original frame index>.png; use that index when present.
-        names = sorted((f for f in folder.path.iterdir() if f.suffix.lower() == ".png"), key=lambda f: f.name)
+        names = sorted((f for f in folder.path.iterdir() if f.suffix.lower() in SUPPORTED_IMAGE_EXTENSIONS
+                        and f.is_file() and not f.name.startswith(".")), key=lambda f: natural_key(f.name))
         originals = []
         for f in names:
             m = _FRAME_INDEX_RE.search(f.stem)

@@ -16,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs should get the usual permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it onto `target`, on error delete it.
@@ -29,6 +40,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _normal_mode(tmp_path, directory=False)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -47,6 +59,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _normal_mode(tmp, directory=True)
     try:
         yield tmp
     except BaseException:

@@ -1,0 +1,3 @@
+from dvdm.cli import main
+
+main()

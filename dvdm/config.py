@@ -1,0 +1,125 @@
+"""Typed settings, one dataclass per pipeline stage, loaded from a section of params.yaml.
+
+params.yaml is the single source of truth (DVC tracks it per stage); CLI options override single keys.
+Unknown keys are errors, not silently ignored, because a typo in a setting should never train the wrong
+model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dvdm.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class IngestParams:
+    """Which source to read and how clips are cut. `options` go to the source (see `dvdm sources`)."""
+
+    source: str = "synthetic"
+    frames: int = 16
+    height: int = 64
+    width: int = 64
+    sampling: str = "uniform"
+    stride: int = 1
+    start: int = 0
+    pad_short: bool = False
+    clips_per_shard: int = 256
+    compress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DecomposeParams:
+    """Codec settings. block 0 = automatic (8 for clips up to 64x64, else 16); search 0 = same as block.
+    differences: D-VDM's reference frame ("first", "previous") or "none" to skip them."""
+
+    block: int = 0
+    search: int = 0
+    strategy: str = "fast"
+    static_threshold: float = 0.0
+    mv_source: str = "search"
+    differences: str = "first"
+    latent_channels: int = 5
+    verify: bool = True
+    compress: bool = True
+
+
+SECTIONS = {"ingest": IngestParams, "decompose": DecomposeParams}
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """Build a params dataclass, naming unknown keys and wrong types."""
+    data = dict(data or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    defaults = cls()
+    for key, value in data.items():
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = float(value)
+        elif expected is bool and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}: expected true/false, got {value!r}")
+        elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+        elif expected in (str, dict) and not isinstance(value, expected):
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+    return cls(**data)
+
+
+def load_params(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The whole params.yaml as a dict ({} when `path` is None)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (so numbers and booleans keep their types)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def section(path: str | os.PathLike[str] | None, name: str, overrides: list[str] | None = None) -> Any:
+    """Load section `name` of params.yaml as its dataclass, with `key=value` overrides applied.
+    Dotted keys reach into dicts (`options.num_train=8`)."""
+    data = dict(load_params(path).get(name) or {})
+    for text in overrides or []:
+        key, value = parse_override(text)
+        target = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {key}: {part} is not a mapping")
+        target[parts[-1]] = value
+    return from_dict(SECTIONS[name], data, f"params {name}")
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)
