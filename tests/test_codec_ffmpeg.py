@@ -161,6 +161,8 @@ def test_bad_inputs():
         ffmpeg_motion_vectors(good, 0)
     with pytest.raises(ValueError, match="hole_fill"):
         ffmpeg_motion_vectors(good, 16, hole_fill="mean")
+    with pytest.raises(ValueError, match="preset"):
+        ffmpeg_motion_vectors(good, 16, preset="turbo")
     with pytest.raises(ValueError, match="crf"):
         ffmpeg_motion_vectors(good, 16, crf=60)
 

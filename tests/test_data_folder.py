@@ -103,12 +103,12 @@ def test_splits_are_assigned_by_subject_deterministically(tmp_path: Path) -> Non
     assert src.splits == again.splits
     assert set(src.splits) == {"train", "val", "test"}
     by_subject: dict[str, set[str]] = {}
-    for row, split in zip(src.rows, src.splits):
+    for row, split in zip(src.rows, src.splits, strict=True):
         if row.subject:
             by_subject.setdefault(row.subject, set()).add(split)
     assert all(len(s) == 1 for s in by_subject.values())  # no subject straddles splits
     # rows without a subject hash their path
-    for row, split in zip(src.rows[48:], src.splits[48:]):
+    for row, split in zip(src.rows[48:], src.splits[48:], strict=True):
         assert split == hashed_split(f"path:{row.path}", val_fraction=0.25, test_fraction=0.25, seed=3)
     other = FolderSource(SPEC, root, captions, val_fraction=0.25, test_fraction=0.25, seed=4)
     assert other.splits != src.splits
@@ -139,7 +139,8 @@ def test_options_help_covers_every_option() -> None:
         ("path,caption\n", r"captions.csv: captions file has no rows"),
         ("path,text\nclips/b,x\n", r"captions.csv: missing required column 'caption' \(header has: path, text\)"),
         ("file,caption\nclips/b,x\n", r"missing required column 'path'"),
-        ("path,caption\nclips/b,x\n../x.mp4,y\n", r"^captions.csv line 3: path '../x.mp4' points outside the dataset root$"),
+        ("path,caption\nclips/b,x\n../x.mp4,y\n",
+         r"^captions.csv line 3: path '../x.mp4' points outside the dataset root$"),
         ("path,caption\nclips/../../x.mp4,y\n", r"captions.csv line 2: path 'clips/../../x.mp4' points outside"),
         ("path,caption\n/etc/passwd,y\n", r"captions.csv line 2: path '/etc/passwd' is absolute"),
         ("path,caption\nclips/b,x\nclips/nope.mp4,y\n", r"captions.csv line 3: 'clips/nope.mp4' does not exist"),

@@ -64,6 +64,9 @@ CELL = 4
 
 HoleFill = Literal["zero", "neighbors"]
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+
 
 class FFmpegMotionError(RuntimeError):
     """The encoder/decoder round trip did not behave as configured (frame count, picture types)."""
@@ -269,6 +272,8 @@ def ffmpeg_motion_vectors(frames: np.ndarray, block: int, *, preset: str = "ultr
         raise ValueError(f"block must be a positive integer, got {block!r}")
     if hole_fill not in ("zero", "neighbors"):
         raise ValueError(f"hole_fill must be 'zero' or 'neighbors', got {hole_fill!r}")
+    if preset not in X264_PRESETS:
+        raise ValueError(f"unknown x264 preset {preset!r}; choose one of {', '.join(X264_PRESETS)}")
     if not 0 <= float(crf) <= 51:
         raise ValueError(f"crf must be in [0, 51], got {crf}")
     block = int(block)

@@ -32,8 +32,17 @@ import numpy as np
 from PIL import Image
 
 from dvdm.data.base import SPLITS, Clip, ClipSpec
-from dvdm.data.folder import (check_fractions, check_root, check_spec, clip_indices, finish_frames, frames_needed,
-                              hashed_split, natural_key, too_short)
+from dvdm.data.folder import (
+    check_fractions,
+    check_root,
+    check_spec,
+    clip_indices,
+    finish_frames,
+    frames_needed,
+    hashed_split,
+    natural_key,
+    too_short,
+)
 from dvdm.data.tfrecord import read_examples
 from dvdm.errors import ClipTooShortError, ConfigError, DataError
 from dvdm.video import SUPPORTED_IMAGE_EXTENSIONS, read_video

@@ -7,7 +7,7 @@ The captions file is a CSV with a header row or a JSONL file (one JSON object a 
 | `path` | yes | the video file or frame folder, relative to `root` (may not leave `root`) |
 | `caption` | yes | the text condition (may be empty) |
 | `split` | no | `train`, `val` or `test`; empty or missing means "assign one" |
-| `subject` | no | who/what is filmed; rows without a split are assigned one per subject, so no subject straddles splits |
+| `subject` | no | who is filmed; split-less rows are assigned per subject, so no subject straddles splits |
 
 Any other columns are kept in `Clip.labels` as strings. Rows without a split get one deterministically: a
 stable hash of (`seed`, subject or else path) picks `test` with probability `test_fraction`, `val` with
@@ -232,7 +232,7 @@ def _rows_from_csv(name: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]
             if len(values) != len(columns):
                 raise DataError(f"{name} line {reader.line_num}: row has {len(values)} fields but the header has "
                                 f"{len(columns)}")
-            yield reader.line_num, dict(zip(columns, values))
+            yield reader.line_num, dict(zip(columns, values, strict=True))
     except csv.Error as exc:
         raise DataError(f"{name} line {reader.line_num}: not valid CSV ({exc})") from None
 
@@ -374,7 +374,7 @@ class FolderSource:
         return len(self.rows)
 
     def __iter__(self) -> Iterator[Clip]:
-        for row, split in zip(self.rows, self.splits):
+        for row, split in zip(self.rows, self.splits, strict=True):
             clip = self._clip(row, split)
             if clip is not None:
                 yield clip

@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from dvdm.data.base import Clip, ClipSpec
-from dvdm.data.folder import (check_root, check_spec, clip_indices, finish_frames, frames_needed, scale_box,
-                              subject_splits, too_short)
+from dvdm.data.folder import (
+    check_root,
+    check_spec,
+    clip_indices,
+    finish_frames,
+    frames_needed,
+    scale_box,
+    subject_splits,
+    too_short,
+)
 from dvdm.errors import ClipTooShortError, ConfigError, DataError
 from dvdm.video import read_video
 

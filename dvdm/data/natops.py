@@ -24,7 +24,7 @@ numbers subjects 1..20 and gestures 1..24 by their order in the file and repetit
 block. This parser does the same, except that it takes the subject from the header ("// Subject 3") when it
 has a number, and the gesture from `s,g,n` when `s` is that subject and `g` is 1..24, so a reduced file
 (some subjects or gestures only) keys correctly. Other lines that start with a digit but match neither form
-are errors; other text lines are ignored (as LFDM does).
+(or that LFDM's regexes would take for one, such as ",,") are errors; other text lines are ignored, as in LFDM.
 """
 
 from __future__ import annotations
@@ -40,8 +40,16 @@ from typing import Any
 import numpy as np
 
 from dvdm.data.base import Clip, ClipSpec
-from dvdm.data.folder import (check_root, check_spec, clip_indices, finish_frames, natural_key, scale_box,
-                              subject_splits, too_short)
+from dvdm.data.folder import (
+    check_root,
+    check_spec,
+    clip_indices,
+    finish_frames,
+    natural_key,
+    scale_box,
+    subject_splits,
+    too_short,
+)
 from dvdm.errors import ClipTooShortError, ConfigError, DataError
 from dvdm.video import SUPPORTED_IMAGE_EXTENSIONS, read_video
 
@@ -62,9 +70,13 @@ NATOPS_FPS = 20.0
 _VIDEO_RE = re.compile(r"g(\d+)s(\d+)\.avi", re.IGNORECASE)
 _FOLDER_RE = re.compile(r"g(\d+)s(\d+)p(\d+)")
 _FRAME_INDEX_RE = re.compile(r"-(\d+)-(\d+)$")
-_SUBJECT_RE = re.compile(r"//\s*Subject\b\s*(\d*)", re.IGNORECASE)
+_SUBJECT_RE = re.compile(r"//\s*Subject\b[\s:#-]*(\d*)", re.IGNORECASE)
 _GESTURE_RE = re.compile(r"(\d+)\s*,\s*(\d+)\s*,\s*(\d+)")
 _REP_RE = re.compile(r"(\d+)\s*:\s*(\d+)\s*,\s*(\d+)")
+# What LFDM's parser (re.match, so prefixes, digits optional) takes for a header / repetition line: anything
+# it would act on must be well-formed here.
+_LFDM_GESTURE_RE = re.compile(r"\d*,\d*,\d*")
+_LFDM_REP_RE = re.compile(r"\d*:\d*,\d*")
 _LAYOUTS = ("auto", "avi", "split_img_data")
 
 
@@ -109,7 +121,7 @@ def parse_segmentation(path: str | os.PathLike[str]) -> dict[tuple[int, int], li
             subjects_seen[subject] = number
             gesture, gesture_count = None, 0
             continue
-        if not line[0].isdigit():
+        if not (line[0].isdigit() or _LFDM_GESTURE_RE.match(line) or _LFDM_REP_RE.match(line)):
             continue  # comments and prose, ignored as LFDM does
         m = _GESTURE_RE.fullmatch(line)
         if m:
@@ -233,7 +245,7 @@ class NatopsSource:
     @staticmethod
     def _check_unique(keys: list[tuple[int, ...]], paths: list[Path]) -> None:
         seen: dict[tuple[int, ...], Path] = {}
-        for key, path in zip(keys, paths):
+        for key, path in zip(keys, paths, strict=True):
             if key in seen:
                 raise DataError(f"{path}: same gesture/subject as {seen[key]}")
             seen[key] = path

@@ -26,14 +26,22 @@ SOURCES: dict[str, type] = {
 }
 
 
-def _all_sources() -> dict[str, type]:
-    sources = dict(SOURCES)
-    try:  # written separately; the registry works without it
+def _synthetic() -> type | None:
+    try:  # the embedded default source lives in its own module; the registry works without it
         from dvdm.data.synthetic import SyntheticSource
     except ImportError:
-        pass
-    else:
-        sources.setdefault("synthetic", SyntheticSource)
+        return None
+    return SyntheticSource
+
+
+if _synthetic() is not None:
+    SOURCES["synthetic"] = _synthetic()  # type: ignore[assignment]
+
+
+def _all_sources() -> dict[str, type]:
+    sources = dict(SOURCES)
+    if "synthetic" not in sources and (synthetic := _synthetic()) is not None:
+        sources["synthetic"] = synthetic
     return sources
 
 

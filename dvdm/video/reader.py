@@ -101,7 +101,7 @@ def probe_video(path: str | os.PathLike[str], *, fps: float | None = None) -> Vi
             stream = _video_stream(container, name)
             return _container_info(container, stream, name, p, count_packets=True)
     except _AV_ERRORS as exc:
-        raise VideoError(f"{name}: not a readable video (truncated or corrupt: {_reason(exc)})") from None
+        raise _unreadable(name, exc) from None
 
 
 # ---------------------------------------------------------------- checks shared by both kinds of input
@@ -116,7 +116,8 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
         return p
     suffix = p.suffix.lower()
     if suffix not in SUPPORTED_VIDEO_EXTENSIONS:
-        hint = " (a single image is not a video; pass a folder of frames)" if suffix in SUPPORTED_IMAGE_EXTENSIONS else ""
+        is_image = suffix in SUPPORTED_IMAGE_EXTENSIONS
+        hint = " (a single image is not a video; pass a folder of frames)" if is_image else ""
         raise VideoError(f"{path}: unsupported file type {suffix or '(no extension)'!r}{hint}; "
                          f"expected {', '.join(SUPPORTED_VIDEO_EXTENSIONS)} or a folder of frames")
     if p.stat().st_size == 0:
@@ -127,6 +128,12 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
 def _check_fps(fps: float | None) -> None:
     if fps is not None and not (fps > 0 and np.isfinite(fps)):
         raise ValueError(f"fps must be a positive number or None, got {fps}")
+
+
+def _unreadable(name: str, exc: BaseException, where: str = "") -> VideoError:
+    if isinstance(exc, PermissionError):
+        return VideoError(f"{name}: cannot be read (permission denied)")
+    return VideoError(f"{name}: not a readable video (truncated or corrupt: {where}{_reason(exc)})")
 
 
 def _reason(exc: BaseException) -> str:
@@ -197,23 +204,25 @@ def _read_container(p: Path, name: str, *, max_frames: int | None, start: int) -
                     step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
                     last_end = frame.time + step
                 if decoded >= start:
+                    if out and (frame.height, frame.width) != out[0].shape[:2]:
+                        raise VideoError(f"{name}: frame size changes mid-stream ({out[0].shape[1]}x"
+                                         f"{out[0].shape[0]} to {frame.width}x{frame.height}), not supported")
                     out.append(frame.to_ndarray(format="rgb24"))
                 decoded += 1
                 if max_frames is not None and len(out) >= max_frames:
                     stopped_early = True
                     break
             if stopped_early:
-                # The source's frame count: the header's, else the remaining packets counted on top.
+                # The source's frame count: the header's, else count packets in a fresh pass (the
+                # decoder has already swallowed an unknown number of packets ahead of its output).
                 info = _container_info(container, stream, name, p, count_packets=False)
                 if info.frames <= 0:
-                    rest = sum(1 for packet in container.demux(stream) if packet.size)
-                    info = dataclasses.replace(info, frames=decoded + rest)
+                    info = dataclasses.replace(info, frames=probe_video(p).frames)
             else:
                 _check_complete(container, stream, name, decoded, last_end)
                 info = _container_info(container, stream, name, p, count_packets=False, frames=decoded)
     except _AV_ERRORS as exc:
-        got = f"after {decoded} frames: " if decoded else ""
-        raise VideoError(f"{name}: not a readable video (truncated or corrupt: {got}{_reason(exc)})") from None
+        raise _unreadable(name, exc, f"after {decoded} frames: " if decoded else "") from None
     if decoded == 0:
         raise VideoError(f"{name}: not a readable video (truncated or corrupt: no frame could be decoded)")
     if not out:
@@ -265,7 +274,8 @@ def _open_image(file: Path, name: str) -> Image.Image:
     try:
         return Image.open(file)
     except _PIL_ERRORS as exc:
-        raise VideoError(f"{_folder_label(name)}: frame {file.name} is not a readable image ({_reason(exc)})") from None
+        raise VideoError(f"{_folder_label(name)}: frame {file.name} is not a readable image "
+                         f"({_reason(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -294,6 +304,18 @@ def _folder_info(name: str, files: list[Path], first: _FirstFrame, fps: float | 
                      pix_fmt=_PIL_PIX_FMT.get(first.mode, first.mode.lower()))
 
 
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Decode one image to uint8 RGB: convert() promotes gray, palette and RGBA (alpha dropped).
+
+    16-bit grayscale is scaled to 8 bits first, because convert() would clip it at 255 instead.
+    """
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(im).astype(np.uint32)
+        gray = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
 def _read_folder(folder: Path, name: str, *, max_frames: int | None, start: int, fps: float | None) -> Video:
     files = _list_frames(folder, name)
     first = _check_sizes(files, name)
@@ -306,8 +328,7 @@ def _read_folder(folder: Path, name: str, *, max_frames: int | None, start: int,
     for i, file in enumerate(chosen):
         try:
             with Image.open(file) as im:
-                # convert() decodes; it promotes L/P/RGBA/I;16 to 8-bit RGB in one place.
-                out[i] = np.asarray(im.convert("RGB"))
+                out[i] = _to_rgb(im)
         except _PIL_ERRORS as exc:
             raise VideoError(f"{_folder_label(name)}: frame {file.name} is not a readable image "
                              f"({_reason(exc)})") from None

@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
 from dvdm.utils.atomic import atomic_dir, atomic_path
@@ -47,7 +48,7 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> None:
-    """H.264 (libx264, yuv420p, +faststart) MP4 that every browser plays inline.
+    """H.264 (libx264, yuv420p, BT.709, +faststart) MP4 that every browser plays inline.
 
     `crf` is x264's constant-quality knob (0 lossless .. 51 worst; 18 is visually near-lossless).
     Odd heights/widths are padded to even by edge replication (see `_pad_even`).
@@ -63,8 +64,15 @@ def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 8.0
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(int(crf))}
+            # Convert with BT.709 and say so in the stream: browsers assume 709 for untagged video, while
+            # FFmpeg would otherwise convert with 601, shifting hues slightly on playback.
+            ctx = stream.codec_context
+            ctx.colorspace, ctx.color_range = Colorspace.ITU709, ColorRange.MPEG
+            ctx.color_primaries, ctx.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
             for i, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+                    format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
+                    dst_color_trc=ColorTrc.BT709, dst_color_primaries=ColorPrimaries.BT709)
                 frame.pts, frame.time_base = i, 1 / rate
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
