@@ -115,3 +115,23 @@ def test_bad_inputs_are_rejected_clearly():
         DecomposeConfig(strategy="magic")
     with pytest.raises(ConfigError, match="mv_source"):
         DecomposeConfig(mv_source="oracle")
+
+
+REAL_CLIPS = ["bair/bair_00026", "bair/bair_action_free_00000", "kth/kth_00004", "kinetics/demo.mp4",
+              "captioned/test.mp4", "ucf101_probable/test.avi", "ntu_rgbd/S001C001P001R001A001_rgb.avi"]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", REAL_CLIPS)
+@pytest.mark.parametrize("mv_source", ["search", "ffmpeg"])
+def test_real_fixtures_roundtrip_exactly(real_data, name, mv_source):
+    from dvdm.video import read_video
+
+    path = real_data / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    frames = read_video(path, max_frames=8 if "ntu" in name else 16).frames
+    for block in (8, 16):
+        d = decompose(frames, DecomposeConfig(block=block, search=block, mv_source=mv_source))
+        np.testing.assert_array_equal(d.reconstruct(), frames)
+        assert np.abs(d.residual).mean() <= np.abs(frames[1:].astype(np.int16) - frames[:-1]).mean()

@@ -163,3 +163,35 @@ def test_cli_truncated_video_and_short_clip(tmp_path):
         "root": str(tmp_path / "vids"), "captions": str(tmp_path / "vids" / "captions.csv")}}}))
     _assert_clean_error(dvdm("ingest", "--params", str(params), "--out", "z", cwd=tmp_path), "short.mp4")
     assert not (tmp_path / "z").exists()
+
+
+def test_cli_mixed_size_folder_and_bad_captions(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "000.png")
+    Image.new("RGB", (32, 24)).save(folder / "001.png")
+    _assert_clean_error(dvdm("inspect", str(folder), cwd=tmp_path), "001.png")
+
+    from dvdm.video import write_mp4
+
+    root = tmp_path / "vids"
+    root.mkdir()
+    write_mp4(root / "ok.mp4", np.zeros((20, 32, 32, 3), np.uint8), fps=10)
+    for rows, needle in ((["../outside.mp4,escapes"], "outside the dataset root"),
+                         (["ok.mp4,fine", "gone.mp4,missing"], "gone.mp4")):
+        (root / "captions.csv").write_text("path,caption\n" + "\n".join(rows) + "\n")
+        params = tmp_path / "p.yaml"
+        params.write_text(yaml.safe_dump({"ingest": {"source": "folder", "options": {
+            "root": str(root), "captions": str(root / "captions.csv")}}}))
+        _assert_clean_error(dvdm("ingest", "--params", str(params), "--out", "out", cwd=tmp_path),
+                            "captions.csv", needle)
+        assert not (tmp_path / "out").exists()
+
+
+def test_cli_sources_lists_every_source(tmp_path):
+    r = dvdm("sources", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("synthetic", "folder", "bair", "mhad", "natops"):
+        assert f"{name}:" in r.stdout

@@ -100,6 +100,17 @@ def _draw_field(ax, mv: np.ndarray, block: int, h: int, w: int, valid: np.ndarra
     ax.set_ylim(h - 0.5, -0.5)
 
 
+def _save_with_caption(fig: Figure, path: str | os.PathLike[str], caption: str, valid: np.ndarray | None,
+                       title: str) -> None:
+    """Caption (with the intra-hole legend when a validity mask is drawn), title, then an atomic PNG."""
+    if valid is not None:
+        caption += f"; {HOLES_CAPTION}"
+    fig.supxlabel(caption, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    write_png(path, _render(fig))
+
+
 def _residual_magnitude(residual: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(residual, np.float32)).mean(axis=-1)
 
@@ -145,13 +156,7 @@ def motion_field_png(path: str | os.PathLike[str], first_frame: np.ndarray, fram
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    caption = f"{ARROWS_CAPTION}; arrows x{gain:.1f}"
-    if valid is not None:
-        caption += f"; {HOLES_CAPTION}"
-    fig.supxlabel(caption, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    write_png(path, _render(fig))
+    _save_with_caption(fig, path, f"{ARROWS_CAPTION}; arrows x{gain:.1f}", valid, title)
 
 
 def residual_png(path: str | os.PathLike[str], residual: np.ndarray, title: str = "") -> None:
@@ -215,13 +220,7 @@ def inspect_png(path: str | os.PathLike[str], frames: np.ndarray, mv: np.ndarray
             ax.set_xticks([])
             ax.set_yticks([])
     fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.6, extend="max", label="mean |residual|")
-    caption = f"{ARROWS_CAPTION}; arrows x{gain:.1f}; block {block}"
-    if valid is not None:
-        caption += f"; {HOLES_CAPTION}"
-    fig.supxlabel(caption, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    write_png(path, _render(fig))
+    _save_with_caption(fig, path, f"{ARROWS_CAPTION}; arrows x{gain:.1f}; block {block}", valid, title)
 
 
 # ---------------------------------------------------------------------------------------------- MP4
