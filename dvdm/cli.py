@@ -161,6 +161,97 @@ def inspect(
             typer.echo(f"{key:32s} {value}")
 
 
+@app.command("train-ae")
+def train_ae(
+    in_dir: Annotated[Path, typer.Option("--in", help="Decomposed dataset directory.")] = Path("data/decomposed"),
+    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoint/, metrics.json, metrics.jsonl.")]
+    = Path("models/autoencoder"),
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+) -> None:
+    """Train ED-VDM's residual autoencoder (latent on the motion-vector grid)."""
+    from dvdm.config import section
+    from dvdm.stages.train_ae import run_train_ae
+
+    m = run_train_ae(section(_params_path(params), "train_ae", list(set_ or [])), in_dir, out, resume=resume)
+    typer.echo(f"autoencoder trained for {m['steps']} steps in {m['train_seconds']:.0f}s -> {m['checkpoint']}; "
+               f"{m['eval_split']} residual PSNR {m['residual_psnr']:.2f} dB, closed-loop reconstruction PSNR "
+               f"{m['reconstruction_psnr']:.2f} dB / SSIM {m['reconstruction_ssim']:.4f}")
+
+
+@app.command()
+def train(
+    space: Annotated[Optional[str], typer.Option("--space", help="rgb (VDM), diff (D-VDM) or mvres (ED-VDM).")]
+    = None,
+    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = Path("data/ingested"),
+    autoencoder: Annotated[Optional[Path], typer.Option(
+        "--autoencoder", help="train-ae run directory (required for mvres).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default models/<space>).")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+) -> None:
+    """Train the diffusion denoiser in one target space."""
+    from dvdm.config import section
+    from dvdm.stages.train_diffusion import run_train_diffusion
+
+    overrides = list(set_ or []) + ([f"space={space}"] if space else [])
+    cfg = section(_params_path(params), "train", overrides)
+    if cfg.space == "mvres" and autoencoder is None and Path("models/autoencoder").exists():
+        autoencoder = Path("models/autoencoder")
+    out = out or Path("models") / cfg.space
+    m = run_train_diffusion(cfg, in_dir, out, autoencoder_dir=autoencoder, resume=resume)
+    typer.echo(f"{m['space']} denoiser trained for {m['steps']} steps in {m['train_seconds']:.0f}s on "
+               f"{m['train_clips']} clips (target {'x'.join(map(str, m['target_shape']))}, "
+               f"{m['parameters'] / 1e6:.2f}M parameters); val loss {m['val_loss']}; -> {m['checkpoint']}")
+
+
+@app.command()
+def sample(
+    model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")],
+    image: Annotated[Path, typer.Option("--image", help="The first frame (png, jpg, ...).")],
+    out: Annotated[Path, typer.Option("--out", help="Output video: .mp4 (H.264) or .gif.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text condition (ignored by models without text).")] = "",
+    steps: Annotated[int, typer.Option("--steps", help="Sampling steps (1..num_timesteps).")] = 50,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (0..30).")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Noise seed: the same seed reproduces the video.")] = 0,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim or ddpm.")] = "ddim",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the output.")] = 8.0,
+) -> None:
+    """Generate a video from one image and a prompt."""
+    from dvdm.errors import ConfigError
+    from dvdm.pipeline import SAMPLERS, VideoPipeline
+    from dvdm.video import resize, resize_short_side_and_center_crop, write_gif, write_mp4
+    from dvdm.video.image import read_image
+
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise ConfigError(f"--out {out}: the output must end in .mp4 or .gif")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if not 0.0 <= guidance <= 30.0:
+        raise ConfigError(f"--guidance must be within 0..30, got {guidance}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    path = model / "checkpoint" if (model / "checkpoint" / "config.json").is_file() else model
+    img = read_image(image)
+    pipe = VideoPipeline.from_checkpoint(path, device=device)
+    if not 1 <= steps <= pipe.diffusion.num_timesteps:
+        raise ConfigError(f"--steps must be within 1..{pipe.diffusion.num_timesteps}, got {steps}")
+    if img.shape[:2] != (pipe.height, pipe.width):
+        typer.echo(f"note: image resized from {img.shape[1]}x{img.shape[0]} to the model's "
+                   f"{pipe.width}x{pipe.height} (short side, then centre crop)", err=True)
+        img = (resize_short_side_and_center_crop(img[None], pipe.height) if pipe.height == pipe.width
+               else resize(img[None], pipe.height, pipe.width))[0]
+    if pipe.text_encoder is None and prompt:
+        typer.echo("note: this model has no text conditioning; the prompt is ignored", err=True)
+    video = pipe(img[None], [prompt], steps=steps, guidance=guidance, seeds=[seed], sampler=sampler)[0]
+    (write_mp4 if out.suffix.lower() == ".mp4" else write_gif)(out, video, fps=fps)
+    typer.echo(f"wrote {out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]}, {steps} {sampler} steps, "
+               f"guidance {guidance}, seed {seed}) in {pipe.last_seconds:.2f}s")
+
+
 @app.command()
 def pipeline(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where stage outputs go.")] = Path("work"),

@@ -53,7 +53,54 @@ class DecomposeParams:
     compress: bool = True
 
 
-SECTIONS = {"ingest": IngestParams, "decompose": DecomposeParams}
+@dataclass
+class TrainAEParams:
+    """Residual autoencoder training (stage train-ae). The block size comes from the decomposed data."""
+
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    latent_channels: int = 5
+    base_channels: int = 32
+    kl: bool = False
+    kl_weight: float = 1e-6
+    ssim_weight: float = 0.2
+    residual_scale: float = 0.0     # 0: the autoencoder's default
+    ema_decay: float = 0.99
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    checkpoint_every: int = 0
+    eval_clips: int = 8
+
+
+@dataclass
+class TrainParams:
+    """Diffusion training (stage train-diffusion). `unet` and `diffusion` hold UNetConfig / diffusion keys."""
+
+    space: str = "mvres"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    text: bool = True
+    diff_reference: str = "first"
+    max_clips: int = 0               # 0: every training clip
+    log_every: int = 50
+    sample_every: int = 0
+    checkpoint_every: int = 0
+    sample_steps: int = 25
+    guidance: float = 1.0
+    unet: dict[str, Any] = field(default_factory=dict)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS = {"ingest": IngestParams, "decompose": DecomposeParams, "train_ae": TrainAEParams,
+            "train": TrainParams}
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:

@@ -1,0 +1,186 @@
+"""Samplers: walk a trained model from noise to a sample, diffusers-style (`set_timesteps`, `step`, `sample`).
+
+Both samplers visit a subset of the training chain's timesteps, evenly spaced from T-1 down to 0, so the
+first model call sees (almost) pure noise and the last step returns the predicted x0.
+
+- `DDPMSampler`: ancestral sampling. With fewer steps than T it *respaces* the chain (improved-diffusion's
+  `SpacedDiffusion`): the betas of the shorter chain are recomputed from alphas_cumprod at the visited
+  timesteps, so every step still uses a proper posterior q(x_{t_prev} | x_t, x0).
+- `DDIMSampler`: Song et al. 2021; eta = 0 is deterministic, eta = 1 has DDPM's posterior variance.
+
+The prediction type (eps / v / x0) comes from the `GaussianDiffusion` object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dvdm.diffusion.gaussian import GaussianDiffusion, ModelFn
+from dvdm.diffusion.noise import Generators, randn
+
+Progress = Callable[[int, int], None]
+
+
+def spaced_timesteps(num_timesteps: int, num_steps: int) -> torch.Tensor:
+    """`num_steps` distinct timesteps of a T-step chain, evenly spaced, descending from T-1 to 0 (int64).
+
+    One step gives [T-1]: a single jump from pure noise to the predicted x0.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps must be an integer in [1, {num_timesteps}], got {num_steps!r}")
+    # Stride (T-1)/(n-1) >= 1, so rounding never produces duplicates.
+    return torch.linspace(num_timesteps - 1, 0, num_steps, dtype=torch.float64).round().long()
+
+
+class _Sampler:
+    """Shared loop; subclasses define `set_timesteps` and `step`."""
+
+    timesteps: torch.Tensor
+
+    def __init__(self, diffusion: GaussianDiffusion, clip_x0: float | None = None) -> None:
+        if clip_x0 is not None and not clip_x0 > 0:
+            raise ValueError(f"clip_x0 must be None or > 0, got {clip_x0!r}")
+        self.diffusion = diffusion
+        self.clip_x0 = clip_x0
+        self.set_timesteps(diffusion.num_timesteps)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        raise NotImplementedError
+
+    def step(
+        self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _index(self, t: int | torch.Tensor) -> int:
+        t = int(t)
+        index = self._positions.get(t)
+        if index is None:
+            raise ValueError(f"timestep {t} is not in this sampler's schedule; call set_timesteps first")
+        return index
+
+    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0 if self.clip_x0 is None else x0.clamp(-self.clip_x0, self.clip_x0)
+
+    def _set_positions(self, timesteps: torch.Tensor) -> None:
+        self.timesteps = timesteps
+        self._positions = {int(t): i for i, t in enumerate(timesteps.tolist())}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model_fn: ModelFn,
+        shape: Sequence[int],
+        *,
+        num_steps: int,
+        generator: Generators = None,
+        noise: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """Run the full chain and return x0.
+
+        :param model_fn: `model_fn(x_t, t)` with t an int64 (B,) tensor of original-chain timesteps.
+        :param generator: None, one generator, or one per sample (then sample i depends only on its seed).
+        :param noise: the starting x_{T-1}; drawn from `generator` when None.
+        :param device: where to sample; defaults to `noise`'s device, else torch's default device.
+        :param progress: called as `progress(i, total)` after step i (0-based) of `total` finishes.
+        """
+        shape = tuple(shape)
+        if noise is not None:
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise shape {tuple(noise.shape)} != requested shape {shape}")
+            x = noise.to(device) if device is not None else noise
+        else:
+            x = randn(shape, generator, device if device is not None else torch.get_default_device())
+        self.set_timesteps(num_steps)
+        total = len(self.timesteps)
+        for i, t in enumerate(self.timesteps.tolist()):
+            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
+            x = self.step(model_fn(x, t_batch), t, x, generator)
+            if progress is not None:
+                progress(i, total)
+        return x
+
+    @staticmethod
+    def _check(model_output: torch.Tensor, x_t: torch.Tensor) -> None:
+        if model_output.shape != x_t.shape:
+            raise ValueError(f"model output shape {tuple(model_output.shape)} != x_t shape {tuple(x_t.shape)}")
+
+
+class DDPMSampler(_Sampler):
+    """Ancestral sampling with the posterior variance ("fixed small"), on a respaced chain.
+
+    :param diffusion: the training process (schedule and prediction type).
+    :param clip_x0: clip the predicted x0 to [-clip_x0, clip_x0]; None (default) because our targets are
+        normalised to unit variance, not bounded to [-1, 1].
+    """
+
+    def set_timesteps(self, num_steps: int) -> None:
+        timesteps = spaced_timesteps(self.diffusion.num_timesteps, num_steps)
+        # Respacing: the shorter chain keeps alphas_cumprod at the visited steps, so its betas are
+        # 1 - alpha_bar[t_i] / alpha_bar[t_{i-1}] (with alpha_bar = 1 before the first step).
+        alphas_cumprod = self.diffusion.alphas_cumprod[timesteps.flip(0)]
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        self._chain = GaussianDiffusion(1.0 - alphas_cumprod / previous, prediction=self.diffusion.prediction)
+        self._set_positions(timesteps)
+
+    def step(
+        self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
+    ) -> torch.Tensor:
+        """x_{t_prev} ~ q(x_{t_prev} | x_t, x0_pred); `t` is an original-chain timestep from `timesteps`."""
+        self._check(model_output, x_t)
+        # Index into the respaced chain: position 0 of `timesteps` is its last (noisiest) step.
+        index = len(self.timesteps) - 1 - self._index(t)
+        t_chain = torch.full((x_t.shape[0],), index, dtype=torch.long)
+        x0 = self._clip(self._chain.predict_x0(x_t, t_chain, model_output))
+        mean, _, log_variance = self._chain.q_posterior(x0, x_t, t_chain)
+        if index == 0:  # the last step has zero posterior variance: return the mean, which is x0
+            return mean
+        noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return mean + (0.5 * log_variance).exp() * noise
+
+
+class DDIMSampler(_Sampler):
+    """Denoising diffusion implicit models (Song et al. 2021, eq. 12).
+
+    :param diffusion: the training process (schedule and prediction type).
+    :param eta: 0 gives the deterministic DDIM sampler; 1 matches DDPM's posterior variance.
+    :param clip_x0: see `DDPMSampler`.
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0, clip_x0: float | None = None) -> None:
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        self.eta = float(eta)
+        super().__init__(diffusion, clip_x0)
+
+    def set_timesteps(self, num_steps: int) -> None:
+        self._set_positions(spaced_timesteps(self.diffusion.num_timesteps, num_steps))
+
+    def step(
+        self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
+    ) -> torch.Tensor:
+        """One DDIM update from original-chain timestep `t` to the next one in `timesteps`."""
+        self._check(model_output, x_t)
+        index = self._index(t)
+        t = int(t)
+        d = self.diffusion
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long)
+        x0 = d.predict_x0(x_t, t_batch, model_output)
+        if self.clip_x0 is not None:
+            # Recompute eps from the clipped x0 so the update stays consistent with x_t (improved-diffusion).
+            x0 = self._clip(x0)
+            eps = d.eps_from_x0(x_t, t_batch, x0)
+        else:
+            eps = d.predict_eps(x_t, t_batch, model_output)
+        # Scalar coefficients in float64 Python floats; alpha_bar = 1 after the final step (x_{-1} = x0).
+        ab_t = float(d.alphas_cumprod[t])
+        ab_prev = float(d.alphas_cumprod[int(self.timesteps[index + 1])]) if index + 1 < len(self.timesteps) else 1.0
+        sigma = self.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
+        x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return x_prev

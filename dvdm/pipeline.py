@@ -1,0 +1,120 @@
+"""Inference: first frame + prompt -> video, composing space + text encoder + denoiser + sampler.
+
+`VideoPipeline.from_checkpoint(path)` rebuilds everything a training run saved (the EMA weights, the
+space with its normalisation statistics and, for ED-VDM, the residual autoencoder), so a checkpoint is
+all a user needs. Seeds are per sample: a seed reproduces its video whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dvdm.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, batched_guidance
+from dvdm.errors import ConfigError
+from dvdm.models import UNet3D, UNetConfig
+from dvdm.spaces import TargetSpace, space_from_state
+from dvdm.train.checkpoint import load_checkpoint
+from dvdm.train.device import select_device
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def image_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@dataclass
+class VideoPipeline:
+    model: UNet3D
+    space: TargetSpace
+    diffusion: GaussianDiffusion
+    frames: int
+    height: int
+    width: int
+    text_encoder: Any = None
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", weights: str = "ema") -> VideoPipeline:
+        ckpt = load_checkpoint(path, kind="dvdm-diffusion")
+        dev = select_device(device)
+        cfg = ckpt.config
+        codec = None
+        if cfg["space"]["name"] == "mvres":
+            from dvdm.models import AutoencoderConfig, ResidualAutoencoder
+            from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+
+            ae = ResidualAutoencoder(AutoencoderConfig.from_dict(cfg["autoencoder"]))
+            ae.load_state_dict(ckpt.weights("autoencoder"))
+            codec = AutoencoderResidualCodec(ae, dev)
+        space = space_from_state(cfg["space"], codec=codec)
+        model = UNet3D(UNetConfig.from_dict(cfg["unet"]))
+        model.load_state_dict(ckpt.weights(weights))
+        model.to(dev).eval()
+        text_encoder = None
+        if cfg["unet"].get("text_dim", 0):
+            from dvdm.models import TextEncoder
+
+            text_encoder = TextEncoder(device=dev)
+        clip = cfg["clip"]
+        return cls(model, space, GaussianDiffusion.from_config(cfg["diffusion"]), clip["frames"], clip["height"],
+                   clip["width"], text_encoder, dev)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor | None:
+        if self.text_encoder is None:
+            return None
+        return self.text_encoder.encode(list(prompts)).to(self.device)
+
+    @torch.inference_mode()
+    def sample_targets(self, first_frames: np.ndarray, prompts: list[str] | None, *, steps: int = 50,
+                       guidance: float = 1.0, seeds: list[int] | None = None, sampler: str = "ddim",
+                       text: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised targets (B, C, T-1, h, w) for a batch of first frames (uint8 (B, H, W, 3))."""
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        b = len(first_frames)
+        seeds = list(range(b)) if seeds is None else list(seeds)
+        if len(seeds) != b:
+            raise ValueError(f"{len(seeds)} seeds for {b} samples")
+        image = image_to_tensor(first_frames, self.device)
+        if text is None and self.text_encoder is not None:
+            text = self.encode_text(prompts if prompts is not None else [""] * b)
+        shape = (b, *self.space.target_shape(self.frames, self.height, self.width))
+        cond: dict[str, torch.Tensor] = {"first_frame": image}
+        if text is not None:
+            cond["text"] = text
+        use_guidance = text is not None and guidance != 1.0
+        drop_off = torch.zeros(b, dtype=torch.bool, device=self.device)
+
+        def model_fn(x, t):
+            tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long) if not torch.is_tensor(t) \
+                else t.to(self.device).expand(x.shape[0]) if t.ndim == 0 else t
+            if use_guidance:
+                return batched_guidance(self.model, x, tt, {**cond, "drop_text": drop_off},
+                                        {**cond, "drop_text": ~drop_off}, guidance)
+            return self.model(x, tt, **cond, drop_text=drop_off if text is not None else None)
+
+        s = DDIMSampler(self.diffusion) if sampler == "ddim" else DDPMSampler(self.diffusion)
+        gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+        return s.sample(model_fn, shape, num_steps=steps, generator=gens, device=self.device)
+
+    def decode(self, targets: torch.Tensor, first_frames: np.ndarray) -> np.ndarray:
+        raw = self.space.denormalize(targets.float().cpu()).numpy()
+        return np.stack([self.space.decode(raw[i], first_frames[i]) for i in range(len(first_frames))])
+
+    def __call__(self, first_frames: np.ndarray, prompts: list[str] | None = None, *, steps: int = 50,
+                 guidance: float = 1.0, seeds: list[int] | None = None, sampler: str = "ddim") -> np.ndarray:
+        """uint8 first frames (B, H, W, 3) at the model's size -> uint8 videos (B, T, H, W, 3)."""
+        started = time.perf_counter()
+        targets = self.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, seeds=seeds,
+                                      sampler=sampler)
+        videos = self.decode(targets, first_frames)
+        self.last_seconds = time.perf_counter() - started
+        return videos

@@ -1,0 +1,36 @@
+"""The trained residual autoencoder as `mvres`'s residual codec (numpy in, numpy out)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class AutoencoderResidualCodec:
+    """Wraps a `ResidualAutoencoder`: residual frames (N, H, W, 3) in pixel units <-> latents (N, k, gh, gw).
+
+    Runs under `torch.inference_mode` in eval mode, in float32, batched over frames.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", batch: int = 64):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.block = int(model.config.block)
+        self.latent_channels = int(model.config.latent_channels)
+        self.batch = batch
+
+    def encode(self, residual: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(residual, dtype=np.float32)).permute(0, 3, 1, 2)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(x), self.batch):
+                out.append(self.model.encode(x[i:i + self.batch].to(self.device)).float().cpu())
+        return torch.cat(out).numpy()
+
+    def decode(self, latent: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        z = torch.from_numpy(np.ascontiguousarray(latent, dtype=np.float32))
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(z), self.batch):
+                out.append(self.model.decode(z[i:i + self.batch].to(self.device), size).float().cpu())
+        return torch.cat(out).permute(0, 2, 3, 1).numpy()

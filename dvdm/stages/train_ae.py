@@ -1,0 +1,144 @@
+"""Stage `train-ae`: the residual autoencoder of ED-VDM, trained on the decomposed residuals.
+
+Reports the residual PSNR (peak 255 on the pixel-unit residual error) and the full-clip reconstruction
+quality of the codec with the trained autoencoder *in the loop* (closed loop: MV + decoded residual,
+PSNR/SSIM over frames 1..T-1) on held-out clips: ED-VDM's upper bound (paper Tables 2 and 5).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dvdm.codec.decompose import DecomposeConfig, decompose
+from dvdm.codec.residuals import reconstruct
+from dvdm.config import TrainAEParams, as_dict
+from dvdm.data.shards import ShardedDataset
+from dvdm.errors import DataError
+from dvdm.models import AutoencoderConfig, ResidualAutoencoder
+from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
+from dvdm.utils.atomic import write_json
+
+
+def load_residuals(decomposed: ShardedDataset, split: str, limit: int = 0):
+    """Residual frames (N, 3, H, W) int16 of a split, and the clips' (first_frame, mv, residual) triples."""
+    frames, clips = [], []
+    for record, arrays in decomposed.iter_examples(split):
+        frames.append(arrays["residual"])
+        clips.append((arrays["first_frame"], arrays["mv"], arrays["residual"], record))
+        if limit and len(clips) >= limit:
+            break
+    if not frames:
+        return None, []
+    return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous(), clips
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM over frames of two uint8 clips (T, H, W, 3) (torchmetrics, data range 255)."""
+    from torchmetrics.functional import structural_similarity_index_measure as ssim
+
+    x = torch.from_numpy(a).permute(0, 3, 1, 2).double()
+    y = torch.from_numpy(b).permute(0, 3, 1, 2).double()
+    return float(ssim(x, y, data_range=255.0, kernel_size=7 if min(a.shape[1:3]) < 64 else 11))
+
+
+def evaluate_codec(model: ResidualAutoencoder, clips, block: int, search: int, device) -> dict[str, float]:
+    """Residual PSNR and closed-loop clip reconstruction (MV + autoencoded residual) on held-out clips."""
+    codec = AutoencoderResidualCodec(model, device)
+    res_err, rec_psnr, rec_ssim, open_psnr = [], [], [], []
+    for first, mv, residual, _ in clips:
+        frames = reconstruct(first, mv, residual, block)            # the original clip, exactly
+        r_hat = codec.decode(codec.encode(residual.astype(np.float32)), frames.shape[1:3])
+        res_err.append(np.mean((residual.astype(np.float64) - r_hat) ** 2))
+        open_psnr.append(psnr(frames[1:], reconstruct(first, mv, r_hat, block)[1:]))
+
+        def roundtrip(r, codec=codec, size=frames.shape[1:3]):
+            return codec.decode(codec.encode(r[None].astype(np.float32)), size)[0]
+
+        d = decompose(frames, DecomposeConfig(block=block, search=search), roundtrip=roundtrip)
+        r_dec = codec.decode(codec.encode(d.residual.astype(np.float32)), frames.shape[1:3])
+        recon = reconstruct(d.first_frame, d.mv, r_dec, block)
+        rec_psnr.append(psnr(frames[1:], recon[1:]))
+        rec_ssim.append(clip_ssim(frames[1:], recon[1:]))
+    mse = float(np.mean(res_err))
+    return {"residual_psnr": float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse),
+            "reconstruction_psnr": float(np.mean(rec_psnr)), "reconstruction_ssim": float(np.mean(rec_ssim)),
+            "open_loop_reconstruction_psnr": float(np.mean(open_psnr)), "eval_clips": len(clips)}
+
+
+def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str | Path,
+                 resume: bool = False) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    data = ShardedDataset(Path(decomposed_dir))
+    if not data.records:
+        raise DataError(f"{decomposed_dir}: no decomposed clips")
+    block = int(data.records[0]["block"])
+    train, _ = load_residuals(data, "train")
+    if train is None:
+        raise DataError(f"{decomposed_dir}: no clips in the train split")
+    split = "val" if data.splits()["val"] else "test"
+    _, eval_clips = load_residuals(data, split, params.eval_clips)
+    stats_file = Path(decomposed_dir) / "stats.json"
+    search = block
+    if stats_file.is_file():
+        import json
+
+        search = json.loads(stats_file.read_text())["codec"]["search"]
+
+    ae_kwargs: dict[str, Any] = {"block": block, "latent_channels": params.latent_channels,
+                                 "base_channels": params.base_channels, "kl": params.kl,
+                                 "kl_weight": params.kl_weight, "ssim_weight": params.ssim_weight}
+    if params.residual_scale > 0:
+        ae_kwargs["residual_scale"] = params.residual_scale
+    ae_config = AutoencoderConfig(**ae_kwargs)
+    torch.manual_seed(params.seed)
+    model = ResidualAutoencoder(ae_config)
+
+    def loss_fn(m, batch, _gen):
+        out = m.loss(batch["residual"].float())
+        return {"loss": out["total"], **{k: v for k, v in out.items() if k != "total"}}
+
+    cfg = TrainConfig(steps=params.steps, batch_size=params.batch_size, lr=params.lr, ema_decay=params.ema_decay,
+                      grad_clip=params.grad_clip, seed=params.seed, device=params.device,
+                      log_every=params.log_every, checkpoint_every=params.checkpoint_every)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    trainer = Trainer(model, loss_fn, {"residual": train}, cfg, out_dir, kind="dvdm-autoencoder",
+                      checkpoint_config={"autoencoder": as_dict(ae_config), "block": block, "search": search,
+                                         "params": as_dict(params)},
+                      callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)])
+    if resume and (out_dir / "checkpoint").exists():
+        trainer.resume(out_dir / "checkpoint")
+    started = time.perf_counter()
+    path = trainer.fit()
+    seconds = time.perf_counter() - started
+    metrics = {"steps": trainer.step, "train_seconds": round(seconds, 2), "block": block,
+               "latent_channels": params.latent_channels, "train_frames": int(train.shape[0]),
+               "eval_split": split, **evaluate_codec(trainer.ema.model, eval_clips, block, search, trainer.device)}
+    write_json(out_dir / "metrics.json", metrics)
+    metrics["checkpoint"] = str(path)
+    return metrics
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> ResidualAutoencoder:
+    """The EMA weights of a train-ae checkpoint (directory `checkpoint` or its parent)."""
+    from dvdm.train.checkpoint import load_checkpoint
+
+    p = Path(path)
+    if (p / "checkpoint" / "config.json").is_file():
+        p = p / "checkpoint"
+    ckpt = load_checkpoint(p, kind="dvdm-autoencoder")
+    model = ResidualAutoencoder(AutoencoderConfig.from_dict(ckpt.config["autoencoder"]))
+    model.load_state_dict(ckpt.weights("ema", device))
+    return model.to(device).eval()

@@ -1,0 +1,187 @@
+"""Stage `train-diffusion`: the denoiser for one target space (rgb = VDM, diff = D-VDM, mvres = ED-VDM).
+
+Targets are encoded once (ED-VDM runs the codec with the trained autoencoder in the loop), normalised
+with statistics measured on the training clips (saved with the model), and the denoiser learns them
+conditioned on the first frame and, when the data has captions, on the frozen MiniLM sentence embedding
+(dropped with `cond_drop_prob` for classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dvdm.config import TrainParams, as_dict
+from dvdm.data.shards import ShardedDataset
+from dvdm.diffusion import GaussianDiffusion
+from dvdm.errors import ConfigError, DataError
+from dvdm.models import UNet3D, UNetConfig
+from dvdm.pipeline import VideoPipeline, image_to_tensor
+from dvdm.spaces import TargetSpace, build_space
+from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
+from dvdm.utils.atomic import write_json
+
+DIFFUSION_DEFAULTS = {"schedule": "cosine", "num_timesteps": 1000, "prediction": "eps", "loss_weighting": "none",
+                      "min_snr_gamma": 5.0}
+
+
+def encode_split(data: ShardedDataset, split: str, space: TargetSpace, limit: int = 0):
+    """Raw targets, first frames and captions of a split (at most `limit` clips when > 0)."""
+    raws, firsts, captions, originals = [], [], [], []
+    for record, arrays in data.iter_examples(split):
+        frames = arrays["frames"]
+        raws.append(space.encode(frames))
+        firsts.append(frames[0])
+        captions.append(record["caption"])
+        originals.append(frames)
+        if limit and len(raws) >= limit:
+            break
+    return raws, firsts, captions, originals
+
+
+def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
+    unknown = set(cfg) - set(DIFFUSION_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"train.diffusion: unknown setting(s) {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(DIFFUSION_DEFAULTS)}")
+    try:
+        return GaussianDiffusion.create(**{**DIFFUSION_DEFAULTS, **cfg})
+    except ValueError as exc:
+        raise ConfigError(f"train.diffusion: {exc}") from None
+
+
+def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: str | Path,
+                        autoencoder_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    data = ShardedDataset(Path(ingested_dir))
+    if not data.records:
+        raise DataError(f"{ingested_dir}: no clips")
+    t, h, w = data.records[0]["frames"], data.records[0]["height"], data.records[0]["width"]
+    torch.manual_seed(params.seed)
+
+    codec, ae_config, ae_weights = None, None, {}
+    if params.space == "mvres":
+        if autoencoder_dir is None:
+            raise ConfigError("space mvres needs a trained residual autoencoder (--autoencoder DIR from train-ae)")
+        from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+        from dvdm.stages.train_ae import load_autoencoder
+
+        ae = load_autoencoder(autoencoder_dir)
+        codec = AutoencoderResidualCodec(ae, "cpu")
+        ae_config, ae_weights = as_dict(ae.config), {"autoencoder": ae.state_dict()}
+    space = build_space(params.space, reference=params.diff_reference, codec=codec,
+                        block=codec.block if codec else 16)
+
+    started = time.perf_counter()
+    raws, firsts, captions, _ = encode_split(data, "train", space, params.max_clips)
+    if not raws:
+        raise DataError(f"{ingested_dir}: no clips in the train split")
+    space.fit_normalizer(raws)
+    eval_split = "val" if data.splits()["val"] else "test"
+    e_raws, e_firsts, e_captions, e_frames = encode_split(data, eval_split, space, 4)
+    encode_seconds = time.perf_counter() - started
+
+    use_text = params.text and any(c.strip() for c in captions)
+    text_encoder = None
+    tensors: dict[str, torch.Tensor] = {
+        "x0": torch.from_numpy(np.stack([space.normalize(r) for r in raws])),
+        "first_frame": image_to_tensor(np.stack(firsts), torch.device("cpu")),
+    }
+    if use_text:
+        from dvdm.models import TextEncoder
+
+        text_encoder = TextEncoder()
+        tensors["text"] = text_encoder.encode(captions).float().cpu()
+
+    unet_cfg = {"in_channels": space.channels, "out_channels": space.channels,
+                "text_dim": text_encoder.dim if text_encoder else 0, **params.unet}
+    try:
+        unet_config = UNetConfig.from_dict(unet_cfg)
+        model = UNet3D(unet_config)
+    except ValueError as exc:
+        raise ConfigError(f"train.unet: {exc}") from None
+    grid = space.grid(h, w)
+    levels = len(unet_config.channel_mults) - 1
+    if grid[0] % 2 ** levels or grid[1] % 2 ** levels:
+        raise ConfigError(f"train.unet: the {params.space} grid {grid[0]}x{grid[1]} is not divisible by "
+                          f"2**{levels} (one halving per extra channel_mults level); use fewer levels")
+    diffusion = build_diffusion(params.diffusion)
+
+    def loss_fn(m, batch, gen):
+        def model_fn(x, tt):
+            return m(x, tt, batch["first_frame"], batch.get("text"))
+
+        out = diffusion.training_loss(model_fn, batch["x0"], generator=gen)
+        return {"loss": out["loss"]}
+
+    def sample_fn(ema_model, step: int, folder: Path) -> list[Path]:
+        if not e_firsts:
+            return []
+        from dvdm.video import write_gif, write_mp4
+
+        pipe = VideoPipeline(ema_model, space, diffusion, t, h, w, text_encoder, trainer.device)
+        k = min(2, len(e_firsts))
+        videos = pipe(np.stack(e_firsts[:k]), e_captions[:k], steps=params.sample_steps, guidance=params.guidance,
+                      seeds=list(range(k)))
+        # rows: clips; each frame shows ground truth | generated
+        grid_v = np.concatenate([np.concatenate([e_frames[i], videos[i]], axis=2) for i in range(k)], axis=1)
+        folder.mkdir(parents=True, exist_ok=True)
+        gif, mp4 = folder / f"step_{step:06d}.gif", folder / f"step_{step:06d}.mp4"
+        write_gif(gif, grid_v, fps=8)
+        write_mp4(mp4, grid_v, fps=8)
+        return [gif, mp4]
+
+    cfg = TrainConfig(steps=params.steps, batch_size=params.batch_size, lr=params.lr, ema_decay=params.ema_decay,
+                      grad_clip=params.grad_clip, seed=params.seed, device=params.device,
+                      log_every=params.log_every, sample_every=params.sample_every,
+                      checkpoint_every=params.checkpoint_every)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    checkpoint_config = {
+        "space": space.state(), "unet": as_dict(unet_config), "diffusion": diffusion.config(),
+        "clip": {"frames": t, "height": h, "width": w},
+        "text": ({"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": text_encoder.dim,
+                  "sha256": getattr(text_encoder, "sha256", None)} if text_encoder else None),
+        "autoencoder": ae_config, "params": as_dict(params),
+    }
+    trainer = Trainer(model, loss_fn, tensors, cfg, out_dir, kind="dvdm-diffusion",
+                      checkpoint_config=checkpoint_config, sample_fn=sample_fn,
+                      callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)], extra_weights=ae_weights)
+    if resume and (out_dir / "checkpoint").exists():
+        trainer.resume(out_dir / "checkpoint")
+    started = time.perf_counter()
+    path = trainer.fit()
+    train_seconds = time.perf_counter() - started
+    metrics = {"space": params.space, "steps": trainer.step, "train_clips": len(raws),
+               "encode_seconds": round(encode_seconds, 2), "train_seconds": round(train_seconds, 2),
+               "target_shape": list(space.target_shape(t, h, w)),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "val_loss": validation_loss(trainer.ema.model, diffusion, space, e_raws, e_firsts,
+                                           tensors.get("text") is not None and text_encoder, e_captions,
+                                           trainer.device)}
+    write_json(out_dir / "metrics.json", metrics)
+    metrics["checkpoint"] = str(path)
+    return metrics
+
+
+@torch.no_grad()
+def validation_loss(model, diffusion: GaussianDiffusion, space: TargetSpace, raws, firsts, text_encoder, captions,
+                    device) -> float | None:
+    """Diffusion loss of held-out clips with fixed timesteps and noise, so runs are comparable."""
+    if not raws:
+        return None
+    model.eval()
+    x0 = torch.from_numpy(np.stack([space.normalize(r) for r in raws])).to(device)
+    image = image_to_tensor(np.stack(firsts), device)
+    text = text_encoder.encode(captions).to(device) if text_encoder else None
+    gen = torch.Generator().manual_seed(1234)
+    losses = []
+    for _ in range(4):
+        out = diffusion.training_loss(lambda x, tt: model(x, tt, image, text), x0, generator=gen)
+        losses.append(float(out["loss"]))
+    return float(np.mean(losses))

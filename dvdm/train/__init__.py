@@ -1,0 +1,1 @@
+"""Training: one trainer for the residual autoencoder and the diffusion model, checkpoints, EMA."""

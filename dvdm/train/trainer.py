@@ -1,0 +1,261 @@
+"""One training loop for every model in dvdm (residual autoencoder, diffusion denoiser).
+
+What it owns: batching from an in-memory dataset with its own seeded generator, the optimizer, gradient
+clipping, AMP on CUDA, EMA, a NaN guard, periodic samples, complete checkpoints and bit-identical resume
+on CPU (model, EMA, optimizer, step, and every RNG the loop draws from are restored). What it does not
+own: the loss (a callable), the data preparation, and where metrics go (callbacks; the MLflow integration
+is one of them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from dvdm.errors import DvdmError
+from dvdm.train.checkpoint import load_checkpoint, save_checkpoint
+from dvdm.train.device import amp_dtype, autocast, select_device
+from dvdm.train.ema import EMA
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+SampleFn = Callable[[nn.Module, int, Path], list[Path]]
+
+
+class TrainingDiverged(DvdmError):
+    """The loss stayed non-finite for too many consecutive steps."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 25
+    sample_every: int = 0          # 0: only at the end
+    checkpoint_every: int = 0      # 0: only at the end
+    max_nan_steps: int = 10
+    device: str = "auto"
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        from dvdm.errors import ConfigError
+
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+
+class Callback(Protocol):
+    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_sample(self, step: int, paths: list[Path]) -> None: ...
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+
+
+class JsonlMetrics:
+    """Appends logged metrics to `metrics.jsonl` (DVC plots read it) and prints progress lines."""
+
+    def __init__(self, path: Path, total: int, stream=None):
+        self.path, self.total, self.stream = path, total, stream or sys.stderr
+        self.started = time.perf_counter()
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        rate = step / max(time.perf_counter() - self.started, 1e-9)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"step {step}/{self.total} {shown} ({rate:.2f} steps/s)", file=self.stream, flush=True)
+
+    def on_sample(self, step: int, paths: list[Path]) -> None:
+        print(f"step {step}: samples {', '.join(str(p) for p in paths)}", file=self.stream, flush=True)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        print(f"step {step}: checkpoint {path}", file=self.stream, flush=True)
+
+
+@dataclass
+class Trainer:
+    """Train `model` on `data` (a dict of tensors with a common first dimension) with `loss_fn`.
+
+    `kind` and `checkpoint_config` go into every checkpoint's config.json (how to rebuild the model);
+    `extra_weights` are saved beside the model (e.g. the autoencoder inside an ED-VDM checkpoint).
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    data: dict[str, torch.Tensor]
+    config: TrainConfig
+    out_dir: Path
+    kind: str
+    checkpoint_config: dict[str, Any] = field(default_factory=dict)
+    sample_fn: SampleFn | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    extra_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.device = select_device(self.config.device)
+        self.model.to(self.device)
+        self.n = len(next(iter(self.data.values())))
+        if self.n == 0:
+            raise DvdmError("no training examples")
+        if any(len(v) != self.n for v in self.data.values()):
+            raise ValueError("all data tensors must have the same first dimension")
+        decay = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(decay, lr=self.config.lr, betas=self.config.betas,
+                                           weight_decay=self.config.weight_decay)
+        self.amp = amp_dtype(self.device, self.config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.ema = EMA(self.model, self.config.ema_decay)
+        self.step = 0
+        self.nan_steps = 0
+        self.data_gen = torch.Generator().manual_seed(self.config.seed)
+        self.noise_gen = torch.Generator().manual_seed(self.config.seed + 1)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    # -- data -----------------------------------------------------------------------------------------
+    def _next_batch(self) -> dict[str, torch.Tensor]:
+        idx = []
+        while len(idx) < self.config.batch_size:
+            if self._pos >= len(self._order):
+                self._order = torch.randperm(self.n, generator=self.data_gen)
+                self._pos = 0
+            take = min(self.config.batch_size - len(idx), len(self._order) - self._pos)
+            idx.append(self._order[self._pos:self._pos + take])
+            self._pos += take
+        index = torch.cat(idx) if len(idx) > 1 else idx[0]
+        return {k: v[index].to(self.device, non_blocking=True) for k, v in self.data.items()}
+
+    # -- state ----------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema_updates": self.ema.updates, "nan_steps": self.nan_steps,
+                "data_gen": self.data_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "order": self._order.clone(), "pos": self._pos,
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or self.out_dir / "checkpoint"
+        save_checkpoint(path, kind=self.kind,
+                        config={**self.checkpoint_config, "train": _jsonable(asdict(self.config))},
+                        weights={"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                                 **self.extra_weights},
+                        trainer_state=self.trainer_state(), step=self.step)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self.step, path)
+        return path
+
+    def resume(self, path: Path) -> None:
+        """Continue exactly where the checkpoint at `path` stopped."""
+        ckpt = load_checkpoint(path, kind=self.kind)
+        state = ckpt.trainer_state()
+        if state is None:
+            raise DvdmError(f"{path}: checkpoint has no trainer state to resume from")
+        self.model.load_state_dict(ckpt.weights("model", self.device))
+        self.ema.load_state_dict(ckpt.weights("ema", self.device), state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.nan_steps = state["step"], state["nan_steps"]
+        self.data_gen.set_state(state["data_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._order, self._pos = state["order"], state["pos"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float] | None:
+        self.model.train()
+        batch = self._next_batch()
+        with autocast(self.device, self.amp):
+            out = self.loss_fn(self.model, batch, self.noise_gen)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            self.nan_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.nan_steps >= self.config.max_nan_steps:
+                raise TrainingDiverged(f"loss was not finite for {self.nan_steps} consecutive steps at step "
+                                       f"{self.step}; lower the learning rate or check the data")
+            log.warning("non-finite loss at step %d: step skipped", self.step)
+            return None
+        self.nan_steps = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                     if self.config.grad_clip > 0 else torch.tensor(0.0))
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            log.warning("non-finite gradient at step %d: step skipped", self.step)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        return {k: float(v.detach()) for k, v in out.items() if v.ndim == 0} | {"grad_norm": float(grad_norm)}
+
+    def fit(self) -> Path:
+        """Train to `config.steps`; returns the final checkpoint path."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        running: dict[str, float] = {}
+        count = 0
+        started = time.perf_counter()
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            self.step += 1
+            if metrics is not None:
+                for k, v in metrics.items():
+                    running[k] = running.get(k, 0.0) + v
+                count += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if count:
+                    avg = {k: v / count for k, v in running.items()}
+                    avg["steps_per_second"] = self.step / max(time.perf_counter() - started, 1e-9)
+                    for cb in self.callbacks:
+                        cb.on_step(self.step, avg)
+                running, count = {}, 0
+            if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step != cfg.steps:
+                self._sample()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps:
+                self.save()
+        path = self.save()
+        self._sample()
+        return path
+
+    def _sample(self) -> None:
+        if self.sample_fn is None:
+            return
+        paths = self.sample_fn(self.ema.model, self.step, self.out_dir / "samples")
+        for cb in self.callbacks:
+            cb.on_sample(self.step, paths)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
