@@ -113,7 +113,8 @@ class GaussianDiffusion:
         known = {"schedule", "num_timesteps", "prediction", "loss_weighting", "min_snr_gamma", "betas"}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"unknown diffusion setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            names = ", ".join(sorted(known))
+            raise ValueError(f"unknown diffusion setting(s) {', '.join(unknown)}; known: {names}")
         kwargs = {k: cfg[k] for k in ("prediction", "loss_weighting", "min_snr_gamma") if k in cfg}
         if cfg.get("betas") is not None:
             betas = cfg["betas"]

@@ -37,6 +37,15 @@ def guided(model_fn_cond: ModelFn, model_fn_uncond: ModelFn, scale: float) -> Mo
     return model_fn
 
 
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float))
+
+
+def _as_batch(value: Any, batch: int, device: torch.device) -> Any:
+    """A number or bool as a (B,) tensor; anything else unchanged."""
+    return torch.full((batch,), value, device=device) if _is_scalar(value) else value
+
+
 def batched_guidance(
     model: Callable[..., torch.Tensor],
     x: torch.Tensor,
@@ -47,8 +56,10 @@ def batched_guidance(
 ) -> torch.Tensor:
     """Guided output of `model(x, t, **kwargs)` from ONE forward pass on a doubled batch.
 
-    `cond_kwargs` and `uncond_kwargs` have the same keys; tensor values have the batch first and are
-    concatenated (cond first); non-tensor values (flags, None) must be equal in both and are passed as is.
+    `cond_kwargs` and `uncond_kwargs` have the same keys. Tensor values have the batch first and are
+    concatenated (cond first). A number or bool that differs between the two (e.g. `drop_text=False` /
+    `True`) becomes a (B,) tensor per branch, so per-sample flags batch too. Anything else (None, strings)
+    must be equal in both and is passed as is.
     """
     scale = check_scale(scale)
     if scale == 1.0:
@@ -63,12 +74,18 @@ def batched_guidance(
     kwargs: dict[str, Any] = {}
     for key, cond in cond_kwargs.items():
         uncond = uncond_kwargs[key]
+        if _is_scalar(cond) and _is_scalar(uncond) and cond == uncond and type(cond) is type(uncond):
+            kwargs[key] = cond
+            continue
+        if _is_scalar(cond) or _is_scalar(uncond):
+            cond, uncond = _as_batch(cond, batch, x.device), _as_batch(uncond, batch, x.device)
         if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
             if cond.shape[:1] != (batch,) or uncond.shape[:1] != (batch,):
-                raise ValueError(f"{key}: expected batch size {batch} first, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
+                shapes = f"{tuple(cond.shape)} and {tuple(uncond.shape)}"
+                raise ValueError(f"{key}: expected batch size {batch} first, got {shapes}")
             kwargs[key] = torch.cat([cond, uncond])
         elif isinstance(cond, torch.Tensor) or isinstance(uncond, torch.Tensor) or cond != uncond:
-            raise ValueError(f"{key}: non-tensor conditioning must be the same for cond and uncond")
+            raise ValueError(f"{key}: non-tensor conditioning must be the same for cond and uncond, or a number")
         else:
             kwargs[key] = cond
     t = torch.as_tensor(t, device=x.device)

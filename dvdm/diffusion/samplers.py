@@ -35,7 +35,7 @@ def spaced_timesteps(num_timesteps: int, num_steps: int) -> torch.Tensor:
 
 
 class _Sampler:
-    """Shared loop; subclasses define `set_timesteps` and `step`."""
+    """Timestep selection and the sampling loop; subclasses define `step`."""
 
     timesteps: torch.Tensor
 
@@ -47,7 +47,9 @@ class _Sampler:
         self.set_timesteps(diffusion.num_timesteps)
 
     def set_timesteps(self, num_steps: int) -> None:
-        raise NotImplementedError
+        """Choose `num_steps` evenly spaced timesteps of the training chain (see `spaced_timesteps`)."""
+        self.timesteps = spaced_timesteps(self.diffusion.num_timesteps, num_steps)
+        self._positions = {int(t): i for i, t in enumerate(self.timesteps.tolist())}
 
     def step(
         self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
@@ -61,12 +63,15 @@ class _Sampler:
             raise ValueError(f"timestep {t} is not in this sampler's schedule; call set_timesteps first")
         return index
 
+    def _alphas_cumprod(self, index: int) -> tuple[float, float]:
+        """alpha_bar at step `index` of `timesteps` and at the step after it (1.0 after the last: x_{-1} = x0)."""
+        ac = self.diffusion.alphas_cumprod
+        ab_t = float(ac[int(self.timesteps[index])])
+        ab_prev = float(ac[int(self.timesteps[index + 1])]) if index + 1 < len(self.timesteps) else 1.0
+        return ab_t, ab_prev
+
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         return x0 if self.clip_x0 is None else x0.clamp(-self.clip_x0, self.clip_x0)
-
-    def _set_positions(self, timesteps: torch.Tensor) -> None:
-        self.timesteps = timesteps
-        self._positions = {int(t): i for i, t in enumerate(timesteps.tolist())}
 
     @torch.no_grad()
     def sample(
@@ -118,29 +123,29 @@ class DDPMSampler(_Sampler):
         normalised to unit variance, not bounded to [-1, 1].
     """
 
-    def set_timesteps(self, num_steps: int) -> None:
-        timesteps = spaced_timesteps(self.diffusion.num_timesteps, num_steps)
-        # Respacing: the shorter chain keeps alphas_cumprod at the visited steps, so its betas are
-        # 1 - alpha_bar[t_i] / alpha_bar[t_{i-1}] (with alpha_bar = 1 before the first step).
-        alphas_cumprod = self.diffusion.alphas_cumprod[timesteps.flip(0)]
-        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        self._chain = GaussianDiffusion(1.0 - alphas_cumprod / previous, prediction=self.diffusion.prediction)
-        self._set_positions(timesteps)
-
     def step(
         self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
         """x_{t_prev} ~ q(x_{t_prev} | x_t, x0_pred); `t` is an original-chain timestep from `timesteps`."""
         self._check(model_output, x_t)
-        # Index into the respaced chain: position 0 of `timesteps` is its last (noisiest) step.
-        index = len(self.timesteps) - 1 - self._index(t)
-        t_chain = torch.full((x_t.shape[0],), index, dtype=torch.long)
-        x0 = self._clip(self._chain.predict_x0(x_t, t_chain, model_output))
-        mean, _, log_variance = self._chain.q_posterior(x0, x_t, t_chain)
-        if index == 0:  # the last step has zero posterior variance: return the mean, which is x0
+        index = self._index(t)
+        t = int(t)
+        d = self.diffusion
+        x0 = self._clip(d.predict_x0(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long), model_output))
+        ab_t, ab_prev = self._alphas_cumprod(index)
+        # Respacing: the shorter chain keeps alpha_bar at the visited steps, so its step is
+        # alpha = alpha_bar[t] / alpha_bar[t_prev], beta = 1 - alpha. The ratio is taken directly (not as
+        # 1 - beta) because near t = T-1 alpha ~ 1e-9 and 1 - (1 - alpha) would lose most of its digits.
+        alpha = ab_t / ab_prev
+        beta = 1.0 - alpha
+        # DDPM eq. 7 for the respaced chain, in float64 Python floats.
+        coef_x0 = beta * ab_prev**0.5 / (1.0 - ab_t)
+        coef_xt = (1.0 - ab_prev) * alpha**0.5 / (1.0 - ab_t)
+        mean = coef_x0 * x0 + coef_xt * x_t
+        if index == len(self.timesteps) - 1:  # the last step has zero variance and its mean is x0
             return mean
-        noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
-        return mean + (0.5 * log_variance).exp() * noise
+        std = (beta * (1.0 - ab_prev) / (1.0 - ab_t)) ** 0.5
+        return mean + std * randn(x_t.shape, generator, x_t.device, x_t.dtype)
 
 
 class DDIMSampler(_Sampler):
@@ -156,9 +161,6 @@ class DDIMSampler(_Sampler):
             raise ValueError(f"eta must be >= 0, got {eta!r}")
         self.eta = float(eta)
         super().__init__(diffusion, clip_x0)
-
-    def set_timesteps(self, num_steps: int) -> None:
-        self._set_positions(spaced_timesteps(self.diffusion.num_timesteps, num_steps))
 
     def step(
         self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
@@ -176,9 +178,7 @@ class DDIMSampler(_Sampler):
             eps = d.eps_from_x0(x_t, t_batch, x0)
         else:
             eps = d.predict_eps(x_t, t_batch, model_output)
-        # Scalar coefficients in float64 Python floats; alpha_bar = 1 after the final step (x_{-1} = x0).
-        ab_t = float(d.alphas_cumprod[t])
-        ab_prev = float(d.alphas_cumprod[int(self.timesteps[index + 1])]) if index + 1 < len(self.timesteps) else 1.0
+        ab_t, ab_prev = self._alphas_cumprod(index)  # float64 Python floats
         sigma = self.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
         x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:

@@ -7,7 +7,7 @@ conversions (x0 <-> eps <-> v) divide by quantities close to 0 or 1.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

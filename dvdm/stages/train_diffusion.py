@@ -25,7 +25,7 @@ from dvdm.spaces import TargetSpace, build_space
 from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 
-DIFFUSION_DEFAULTS = {"schedule": "cosine", "num_timesteps": 1000, "prediction": "eps", "loss_weighting": "none",
+DIFFUSION_DEFAULTS = {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v", "loss_weighting": "none",
                       "min_snr_gamma": 5.0}
 
 
