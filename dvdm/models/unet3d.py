@@ -269,7 +269,7 @@ class UNet3D(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, first_frame: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, drop_text: torch.Tensor | None = None, *,
+                text: torch.Tensor | None = None, drop_text: torch.Tensor | None = None,
                 image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the model output (eps, x0 or v: the diffusion object decides) for x_t.
 

@@ -1,0 +1,168 @@
+"""Benchmark: what changing the target space alone buys (paper Table 4 and the "110x" claim).
+
+The same UNet configuration (only input/output channels differ) is measured for the three spaces, at
+16x128x128x3 and 16x64x64x3 clips, batch 1:
+- values of the diffusion target per clip, and the ratio to rgb;
+- denoiser training FLOPs per clip (forward + backward, `torch.utils.flop_counter`), whole denoiser and
+  without the first-frame encoder (the paper counts the 3D-UNet);
+- wall-clock training step (forward + backward + AdamW), median of several steps;
+- peak memory of a training step (CUDA: max allocated; CPU: peak RSS growth of a fresh process);
+- time to sample one clip with 50 DDIM steps, decoding included (mvres: autoencoder + motion compensation).
+Each (space, size) runs in its own subprocess so memory peaks do not mix.
+
+    python benchmarks/efficiency.py [--json PATH] [--sizes 128 64] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPACES = ("rgb", "diff", "mvres")
+UNET = {"base_channels": 64, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
+        "spatial_attention": [False, False, True], "temporal_attention": True, "attention_heads": 4,
+        "attention_head_dim": 32, "text_dim": 384}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(space_name: str, size: int, steps: int, sample_steps: int) -> dict:
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dvdm.codec.decompose import DecomposeConfig
+    from dvdm.diffusion import GaussianDiffusion
+    from dvdm.models import AutoencoderConfig, ResidualAutoencoder, UNet3D, UNetConfig
+    from dvdm.pipeline import VideoPipeline
+    from dvdm.spaces import Normalizer, build_space
+    from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    frames = 16
+    block = DecomposeConfig.default_block(size, size)
+    codec = None
+    if space_name == "mvres":
+        codec = AutoencoderResidualCodec(ResidualAutoencoder(AutoencoderConfig(block=block, latent_channels=5)), device)
+    space = build_space(space_name, codec=codec, block=block)
+    c, t, h, w = space.target_shape(frames, size, size)
+    model = UNet3D(UNetConfig.from_dict({**UNET, "in_channels": c, "out_channels": c})).to(device)
+    x = torch.randn(1, c, t, h, w, device=device)
+    tt = torch.tensor([500], device=device)
+    image = torch.rand(1, 3, size, size, device=device) * 2 - 1
+    text = torch.nn.functional.normalize(torch.randn(1, 384, device=device), dim=-1)
+
+    def loss():
+        return (model(x, tt, image, text) - x).square().mean()
+
+    with FlopCounterMode(display=False) as fc:
+        loss().backward()
+    flops = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc_enc:
+        model.image_encoder(image, (h, w)).square().mean().backward()
+    enc_flops = fc_enc.get_total_flops()
+    model.zero_grad(set_to_none=True)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    base_rss = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb() - base_rss)
+
+    space.normalizer = Normalizer.identity(c)
+    diffusion = GaussianDiffusion.create(schedule="cosine", num_timesteps=1000, prediction="v")
+    pipe = VideoPipeline(model.eval(), space, diffusion, frames, size, size, None, device)
+    first = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    pipe.sample_targets(first, None, steps=2, text=text)  # warm-up
+    t0 = time.perf_counter()
+    targets = pipe.sample_targets(first, None, steps=sample_steps, text=text)
+    t_denoise = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pipe.decode(targets, first)
+    t_decode = time.perf_counter() - t0
+    return {"space": space_name, "size": size, "target_shape": [c, t, h, w], "target_values": c * t * h * w,
+            "train_gflops": flops / 1e9, "train_gflops_unet_only": (flops - enc_flops) / 1e9,
+            "train_step_seconds": statistics.median(times), "peak_memory_mb": peak,
+            "memory_kind": "cuda max allocated" if device.type == "cuda" else "CPU peak RSS growth",
+            "sample_seconds": t_denoise + t_decode, "sample_denoise_seconds": t_denoise,
+            "sample_decode_seconds": t_decode, "sample_steps": sample_steps,
+            "parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps per space (after one warm-up)")
+    ap.add_argument("--sample-steps", type=int, default=50)
+    ap.add_argument("--worker", nargs=2, metavar=("SPACE", "SIZE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.steps, args.sample_steps)))
+        return 0
+
+    rows = []
+    for size in args.sizes:
+        for space in SPACES:
+            r = subprocess.run([sys.executable, __file__, "--worker", space, str(size), "--steps", str(args.steps),
+                                "--sample-steps", str(args.sample_steps)], capture_output=True, text=True)
+            if r.returncode:
+                print(r.stderr, file=sys.stderr)
+                return r.returncode
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"measured {space} at {size}x{size}", file=sys.stderr)
+    for r in rows:
+        ref = next(x for x in rows if x["size"] == r["size"] and x["space"] == "rgb")
+        r["values_ratio_vs_rgb"] = ref["target_values"] / r["target_values"]
+        r["flops_ratio_vs_rgb"] = ref["train_gflops"] / r["train_gflops"]
+        r["flops_ratio_vs_rgb_unet_only"] = ref["train_gflops_unet_only"] / r["train_gflops_unet_only"]
+        r["step_time_ratio_vs_rgb"] = ref["train_step_seconds"] / r["train_step_seconds"]
+        r["memory_ratio_vs_rgb"] = ref["peak_memory_mb"] / max(r["peak_memory_mb"], 1e-9)
+
+    head = (f"{'space':6s} {'clip':10s} {'target':>16s} {'values':>8s} {'x':>6s} {'GFLOPs':>8s} {'x':>6s} "
+            f"{'UNet GF':>8s} {'x':>6s} {'step s':>8s} {'x':>7s} {'mem MB':>8s} {'x':>5s} {'sample s':>8s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['space']:6s} {'16x%dx%d' % (r['size'], r['size']):10s} {'x'.join(map(str, r['target_shape'])):>16s} "
+              f"{r['target_values']:8d} {r['values_ratio_vs_rgb']:6.1f} {r['train_gflops']:8.1f} "
+              f"{r['flops_ratio_vs_rgb']:6.1f} {r['train_gflops_unet_only']:8.1f} "
+              f"{r['flops_ratio_vs_rgb_unet_only']:6.1f} {r['train_step_seconds']:8.3f} "
+              f"{r['step_time_ratio_vs_rgb']:7.1f} {r['peak_memory_mb']:8.0f} {r['memory_ratio_vs_rgb']:5.1f} "
+              f"{r['sample_seconds']:8.2f}")
+    print(f"(x = ratio vs rgb at the same size; device {rows[0]['device']}; memory = {rows[0]['memory_kind']}; "
+          f"sampling = {args.sample_steps} DDIM steps + decode)")
+    if args.json:
+        from dvdm.utils.atomic import write_json
+
+        write_json(args.json, {"benchmark": "efficiency", "unet": UNET, "rows": rows,
+                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}})
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
