@@ -31,6 +31,10 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     shutil.copytree(REPO / "dvdm", repo / "dvdm", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["ingest"]["options"].update(num_train=4, num_val=2, num_test=2)
+    params["train_ae"].update(steps=3, batch_size=4, base_channels=8, eval_clips=1, log_every=1)
+    params["train"].update(steps=2, batch_size=2, sample_steps=2, log_every=1,
+                           unet={"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [False, False],
+                                 "attention_heads": 1, "attention_head_dim": 8})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
@@ -39,15 +43,19 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     run(["git", "init", "-q"], repo, env)
     run(dvc + ["init", "-q"], repo, env)
     out = run(dvc + ["repro"], repo, env).stdout
-    assert "Running stage 'ingest'" in out and "Running stage 'decompose'" in out
+    for stage in ("ingest", "decompose", "train-ae", "train-diffusion"):
+        assert f"Running stage '{stage}'" in out, out
     assert (repo / "data" / "decomposed" / "stats.json").is_file()
+    assert (repo / "models" / "diffusion" / "checkpoint" / "model.safetensors").is_file()
     assert (repo / "dvc.lock").is_file()
     again = run(dvc + ["repro"], repo, env).stdout
     assert "Running stage" not in again
     metrics = run(dvc + ["metrics", "show", "--json"], repo, env).stdout
-    assert "roundtrip_max_abs_error" in metrics
+    assert "roundtrip_max_abs_error" in metrics and "residual_psnr" in metrics and "val_loss" in metrics
     # a changed decompose parameter reruns only that stage
     params["decompose"]["differences"] = "previous"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = run(dvc + ["repro"], repo, env).stdout
     assert "Running stage 'decompose'" in out and "Running stage 'ingest'" not in out
+    plots = run(dvc + ["plots", "show", "--json"], repo, env).stdout
+    assert "metrics.jsonl" in plots

@@ -81,6 +81,7 @@ class AutoencoderConfig:
     kl: bool = False
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2
+    mse_weight: float = 1.0
     residual_scale: float = 32.0
     out_clip: float | None = None
 
@@ -111,13 +112,14 @@ class AutoencoderConfig:
         self.channel_mults = mults
         if not isinstance(self.kl, bool):
             raise bad(f"kl must be true/false, got {self.kl!r}")
-        for key in ("kl_weight", "ssim_weight", "residual_scale"):
+        for key in ("kl_weight", "ssim_weight", "mse_weight", "residual_scale"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(f"{key} must be a number, got {value!r}")
             setattr(self, key, float(value))
-        if self.kl_weight < 0 or self.ssim_weight < 0:
-            raise bad(f"kl_weight and ssim_weight must be >= 0, got {self.kl_weight}, {self.ssim_weight}")
+        if min(self.kl_weight, self.ssim_weight, self.mse_weight) < 0:
+            raise bad(f"kl_weight, ssim_weight and mse_weight must be >= 0, got {self.kl_weight}, "
+                      f"{self.ssim_weight}, {self.mse_weight}")
         if self.residual_scale <= 0:
             raise bad(f"residual_scale must be > 0, got {self.residual_scale}")
         if self.out_clip is not None:
@@ -305,17 +307,21 @@ class ResidualAutoencoder(nn.Module):
         scaled residuals (pixel error / residual_scale) and ssim is the Gaussian-window SSIM (11 px, sigma
         1.5) with data_range = 255 / residual_scale: a frame's range in the scaled space. SSIM is
         scale-equivariant, so this equals the SSIM of the pixel-unit residuals with data_range 255 and
-        does not change with residual_scale. Returns tensors: total (differentiable), l1, ssim, kl.
+        does not change with residual_scale. Returns 0-d tensors: total (differentiable) and, detached for
+        logging, l1, ssim (the similarity, not 1 - SSIM) and kl (0 without `kl`).
         """
         r_hat, _, kl_term = self(r)
         s = self.config.residual_scale
         x, y = r / s, r_hat / s
-        l1 = (y - x).abs().mean()
+        err = y - x
+        l1 = err.abs().mean()
+        mse = err.pow(2).mean()
         sim = ssim(y, x, data_range=PEAK / s, window_size=SSIM_WINDOW, sigma=SSIM_SIGMA)
-        total = l1 + self.config.ssim_weight * (1.0 - sim)
+        total = l1 + self.config.mse_weight * mse + self.config.ssim_weight * (1.0 - sim)
         if self.config.kl:
             total = total + self.config.kl_weight * kl_term
-        return {"total": total, "l1": l1, "ssim": sim, "kl": kl_term}
+        return {"total": total, "l1": l1.detach(), "mse": mse.detach(), "ssim": sim.detach(),
+                "kl": kl_term.detach()}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

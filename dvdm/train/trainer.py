@@ -134,14 +134,16 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------------------
     def _next_batch(self) -> dict[str, torch.Tensor]:
-        idx = []
-        while len(idx) < self.config.batch_size:
+        idx: list[torch.Tensor] = []
+        have = 0
+        while have < self.config.batch_size:  # a batch may span the end of one epoch and the next
             if self._pos >= len(self._order):
                 self._order = torch.randperm(self.n, generator=self.data_gen)
                 self._pos = 0
-            take = min(self.config.batch_size - len(idx), len(self._order) - self._pos)
+            take = min(self.config.batch_size - have, len(self._order) - self._pos)
             idx.append(self._order[self._pos:self._pos + take])
             self._pos += take
+            have += take
         index = torch.cat(idx) if len(idx) > 1 else idx[0]
         return {k: v[index].to(self.device, non_blocking=True) for k, v in self.data.items()}
 
