@@ -118,6 +118,15 @@ def test_nan_guard_stops_a_diverged_run(tmp_path):
 @pytest.mark.parametrize("name", ["rgb", "diff"])
 def test_each_space_overfits_a_few_clips(name):
     """Loss falls by a large factor and samples approach the training clips."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP contention on a busy machine
+    try:
+        _overfit(name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _overfit(name):
     torch.manual_seed(0)
     vs = clips(2, size=16, frames=4)
     space = build_space(name, block=8)
