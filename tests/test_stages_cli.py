@@ -195,3 +195,20 @@ def test_cli_sources_lists_every_source(tmp_path):
     assert r.returncode == 0, r.stderr
     for name in ("synthetic", "folder", "bair", "mhad", "natops"):
         assert f"{name}:" in r.stdout
+
+
+def test_cli_sample_bad_inputs(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "frame.png")
+    (tmp_path / "notamodel").mkdir()
+    (tmp_path / "weights.pt").write_bytes(b"\x80\x04not a checkpoint")
+    base = ["sample", "--image", "frame.png", "--out", "v.mp4"]
+    _assert_clean_error(dvdm(*base, "--model", "notamodel", cwd=tmp_path), "not a dvdm checkpoint")
+    _assert_clean_error(dvdm(*base, "--model", "weights.pt", cwd=tmp_path), "not a dvdm checkpoint")
+    _assert_clean_error(dvdm("sample", "--model", "notamodel", "--image", "missing.png", "--out", "v.mp4",
+                             cwd=tmp_path), "missing.png")
+    _assert_clean_error(dvdm("sample", "--model", "notamodel", "--image", "frame.png", "--out", "v.avi",
+                             cwd=tmp_path), ".mp4 or .gif")
+    _assert_clean_error(dvdm(*base, "--model", "notamodel", "--guidance", "99", cwd=tmp_path), "guidance")
+    assert not (tmp_path / "v.mp4").exists()

@@ -4,8 +4,18 @@ A residual frame r (the frame minus its motion-compensated prediction, int16 in 
 per frame by a 2D conv net whose total downsampling equals the codec's block size, so its latent
 (`latent_channels`, default 5) sits on the same (ceil(H/b), ceil(W/b)) grid as the 2-channel motion
 vectors and the two are concatenated on channels for diffusion (2 + 5 = 7 values per 16x16 block, the
-paper's ~110x). Training: L1 on the scaled residuals + `ssim_weight * (1 - SSIM)` (+ `kl_weight * KL` when
-`kl`, the LDM "KL-f16" recipe).
+paper's ~110x). Training: L1 on the scaled residuals (the paper's loss) + `mse_weight * MSE` +
+`ssim_weight * (1 - SSIM)` (+ `kl_weight * KL` when `kl`, the LDM "KL-f16" recipe).
+
+Why an MSE term (not in the paper): residuals are mostly exact zeros with rare large values (object
+edges, disocclusions). L1's optimum under uncertainty is the median, i.e. 0 for such data, so an
+L1-only AE first collapses to "predict no residual" and learns the rare large values very slowly.
+Measured (block 8, base 16, 300 Adam steps, lr 2e-3): on the 60 full residual frames of 4 textured
+synthetic 64x64 clips L1 + SSIM gained +0.16 dB over the all-zero residual, L1 + MSE + SSIM +2.0 dB,
+MSE alone +2.5 dB; on the 16 highest-energy 32x32 crops +2.6 dB vs +8.0 dB; on real (Kinetics) residuals
++0.5 vs +1.8 dB. In the scaled space an error of `residual_scale` pixels costs the same under both terms:
+below it L1 dominates (sharp, sparse reconstructions), above it MSE does (large misses, which dominate the
+PSNR, are not ignored). `mse_weight = 0` gives the paper's loss.
 
 Units. Everything public takes and returns residuals in *pixel units* (what `dvdm.codec` produces); the
 network sees `r / residual_scale`. Residuals are sparse and heavy-tailed; measured std of the raw
@@ -69,7 +79,8 @@ class AutoencoderConfig:
     num_res_blocks: ResNet blocks per stage. kl: a Gaussian posterior with a KL term (LDM's KL-AE);
     `encode` then returns its mean. kl_weight: weight of the KL term (normalised per residual element, so it
     means what LDM's weight means against a per-pixel reconstruction loss). ssim_weight: weight of
-    (1 - SSIM). residual_scale: the network sees residual / residual_scale (see the module doc).
+    (1 - SSIM). mse_weight: weight of the MSE of the scaled residuals (see the module doc; 0 = the paper's
+    L1-only loss). residual_scale: the network sees residual / residual_scale (see the module doc).
     out_clip: if set, decoded residuals are clamped to [-out_clip, out_clip] pixels (e.g. 255).
     """
 
@@ -303,12 +314,13 @@ class ResidualAutoencoder(nn.Module):
     def loss(self, r: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training loss on a batch of residuals in pixels.
 
-        total = l1 + ssim_weight * (1 - ssim) + kl_weight * kl, where l1 is the mean absolute error of the
-        scaled residuals (pixel error / residual_scale) and ssim is the Gaussian-window SSIM (11 px, sigma
+        total = l1 + mse_weight * mse + ssim_weight * (1 - ssim) + kl_weight * kl, where l1 and mse are the
+        mean absolute and squared errors of the scaled residuals (pixel error / residual_scale), ssim is
+        the Gaussian-window SSIM (11 px, sigma
         1.5) with data_range = 255 / residual_scale: a frame's range in the scaled space. SSIM is
         scale-equivariant, so this equals the SSIM of the pixel-unit residuals with data_range 255 and
         does not change with residual_scale. Returns 0-d tensors: total (differentiable) and, detached for
-        logging, l1, ssim (the similarity, not 1 - SSIM) and kl (0 without `kl`).
+        logging, l1, mse, ssim (the similarity, not 1 - SSIM) and kl (0 without `kl`).
         """
         r_hat, _, kl_term = self(r)
         s = self.config.residual_scale
