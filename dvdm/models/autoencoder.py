@@ -23,10 +23,10 @@ residuals (block 16 at 128x128, block 8 at 64x64, SAD search +-block):
 synthetic moving shapes 4-5; real clips at native frame rate (kinetics/demo.mp4, captioned/test.mp4,
 ucf101 test.avi) 6-9; the same clips at the paper's protocol (16 frames spread over the whole video,
 i.e. large motion) 13-32. `residual_scale = 32` puts the hardest real residuals at about unit std and the
-int16 range at +-8, and keeps a 1-pixel error at 1/32 (while /255 would make typical residuals ~0.02, far
-below the scale conv/GroupNorm nets and Adam's epsilon like). With the decoder's output conv zero-initialised the
-net starts from the all-zero residual (motion compensation alone), which for sparse residuals is
-already a strong baseline.
+int16 range at +-8, while /255 would make typical residuals ~0.02, far below the unit scale conv nets are
+initialised for. It is also where the L1 and MSE terms cross over (below). The decoder's output conv is
+zero-initialised, so the net starts from the all-zero residual (motion compensation alone), which for
+sparse residuals is already a strong baseline.
 
 Architecture (LDM-style, no attention): conv_in; per stage i (one per factor of 2 of `block`):
 `num_res_blocks` ResNet blocks (GroupNorm(gcd(32, C)) + SiLU + 3x3 conv, twice, 1x1 skip when the width
@@ -369,44 +369,11 @@ def roundtrip_fn(model: ResidualAutoencoder, device: torch.device | str | None =
     return fn
 
 
-class AutoencoderResidualCodec:
-    """numpy adapter of a trained autoencoder to `dvdm.spaces.mvres.ResidualCodec`: residual frames
-    (N, H, W, 3) in pixels <-> latents (N, latent_channels, gh, gw) float32, in batches of `batch_size`."""
-
-    def __init__(self, model: ResidualAutoencoder, device: torch.device | str | None = None, batch_size: int = 64):
-        self.model = model
-        self.block = model.block
-        self.latent_channels = model.latent_channels
-        self.device, self.dtype = _model_device_dtype(model, device)
-        self.batch_size = max(1, int(batch_size))
-
-    def encode(self, residual: np.ndarray) -> np.ndarray:
-        residual = np.asarray(residual)
-        if residual.ndim != 4 or residual.shape[-1] != 3:
-            raise ValueError(f"residuals must be (N, H, W, 3), got {residual.shape}")
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(residual), self.batch_size):
-                r = torch.from_numpy(residual[i:i + self.batch_size].astype(np.float32)).permute(0, 3, 1, 2)
-                out.append(self.model.encode(r.to(self.device, self.dtype)).float().cpu().numpy())
-        h, w = residual.shape[1:3]
-        return np.concatenate(out) if out else np.zeros((0, *self.model.latent_shape(h, w)), np.float32)
-
-    def decode(self, latent: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        latent = np.asarray(latent, np.float32)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(latent), self.batch_size):
-                z = torch.from_numpy(latent[i:i + self.batch_size]).to(self.device, self.dtype)
-                out.append(self.model.decode(z, size).permute(0, 2, 3, 1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, int(size[0]), int(size[1]), 3), np.float32)
-
-
 def residual_psnr(r: np.ndarray | torch.Tensor, r_hat: np.ndarray | torch.Tensor) -> float:
     """PSNR (dB, peak 255) of a residual reconstruction: 10 log10(255^2 / MSE), the MSE over all elements
     given, in pixel units, without rounding. Adding the error to the motion-compensated prediction gives
     the same error on the frame, so this is the PSNR the reconstructed frames would have (before the
-    decoder's rounding and clipping to [0, 255]); it is the paper's Table 5 number. Pooled over everything
+    decoder's rounding and clipping to [0, 255]), our reading of the paper's Table 5. Pooled over everything
     passed (not a mean of per-frame PSNRs, which all-zero residual frames would make infinite); inf when
     the reconstruction is exact."""
     def as_np(a: np.ndarray | torch.Tensor) -> np.ndarray:
