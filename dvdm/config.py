@@ -36,6 +36,13 @@ class IngestParams:
     compress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
+    def clip_spec(self):
+        """The ClipSpec these settings describe (validated there)."""
+        from dvdm.data.base import ClipSpec
+
+        return ClipSpec(frames=self.frames, height=self.height, width=self.width, sampling=self.sampling,
+                        stride=self.stride, start=self.start, pad_short=self.pad_short)
+
 
 @dataclass
 class DecomposeParams:

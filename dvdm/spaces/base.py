@@ -126,3 +126,14 @@ class TargetSpace(ABC):
         """Everything needed to rebuild the space except large weights: name, config, statistics."""
         return {"name": self.name, "config": self.config(),
                 "normalizer": None if self.normalizer is None else self.normalizer.state()}
+
+
+class PixelSpace(TargetSpace):
+    """A space whose target is 3 colour channels on the full-resolution frame grid (rgb, diff)."""
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return height, width

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from dvdm.codec.differences import REFERENCES, frame_differences, integrate_differences
-from dvdm.spaces.base import TargetSpace
+from dvdm.spaces.base import PixelSpace
 
 
-class DiffSpace(TargetSpace):
+class DiffSpace(PixelSpace):
     name = "diff"
 
     def __init__(self, reference: str = "first"):
@@ -17,13 +17,6 @@ class DiffSpace(TargetSpace):
         if reference not in REFERENCES:
             raise ValueError(f"diff space: reference must be one of {REFERENCES}, got {reference!r}")
         self.reference = reference
-
-    @property
-    def channels(self) -> int:
-        return 3
-
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
 
     def encode(self, video: np.ndarray) -> np.ndarray:
         return (frame_differences(video, self.reference).astype(np.float32) / 255.0).transpose(3, 0, 1, 2)

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dvdm.spaces.base import TargetSpace
+from dvdm.spaces.base import PixelSpace
 
 
-class RGBSpace(TargetSpace):
+class RGBSpace(PixelSpace):
     name = "rgb"
-
-    @property
-    def channels(self) -> int:
-        return 3
-
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
 
     def encode(self, video: np.ndarray) -> np.ndarray:
         return (video[1:].astype(np.float32) / 127.5 - 1.0).transpose(3, 0, 1, 2)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from dvdm.config import IngestParams, as_dict
-from dvdm.data.base import ClipSpec
 from dvdm.data.registry import build_source
 from dvdm.data.shards import ShardWriter, clip_record
 from dvdm.errors import DataError
@@ -20,8 +19,7 @@ log = logging.getLogger(__name__)
 def run_ingest(params: IngestParams, out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Read every clip of the configured source into `out_dir` (replaced atomically). Returns the summary
     that is also written to `out_dir/summary.json`."""
-    spec = ClipSpec(frames=params.frames, height=params.height, width=params.width, sampling=params.sampling,
-                    stride=params.stride, start=params.start, pad_short=params.pad_short)
+    spec = params.clip_spec()
     source = build_source(params.source, spec, params.options)
     started = time.perf_counter()
     counts: dict[str, int] = {"train": 0, "val": 0, "test": 0}
