@@ -72,6 +72,7 @@ class TrainAEParams:
     kl: bool = False
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2
+    mse_weight: float = 1.0         # an MSE term beside L1: +2 dB residual PSNR (docs/DECISIONS.md)
     residual_scale: float = 0.0     # 0: the autoencoder's default
     ema_decay: float = 0.99
     grad_clip: float = 1.0
