@@ -115,7 +115,7 @@ def test_nan_guard_stops_a_diverged_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rgb", "diff"])
+@pytest.mark.parametrize("name", ["rgb", "diff", "mvres"])
 def test_each_space_overfits_a_few_clips(name):
     """Loss falls by a large factor and samples approach the training clips."""
     threads = torch.get_num_threads()
@@ -126,14 +126,33 @@ def test_each_space_overfits_a_few_clips(name):
         torch.set_num_threads(threads)
 
 
+def _tiny_autoencoder_codec(vs, block=8):
+    """ED-VDM as the paper builds it: a residual autoencoder trained first, then frozen inside the space."""
+    from dvdm.codec.decompose import DecomposeConfig, decompose
+    from dvdm.models import AutoencoderConfig, ResidualAutoencoder
+    from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+
+    res = np.concatenate([decompose(v, DecomposeConfig(block=block)).residual for v in vs])
+    x = torch.from_numpy(res).permute(0, 3, 1, 2).float()
+    ae = ResidualAutoencoder(AutoencoderConfig(block=block, latent_channels=3, base_channels=8))
+    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = ae.loss(x)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return AutoencoderResidualCodec(ae.eval(), torch.device("cpu"))
+
+
 def _overfit(name):
     torch.manual_seed(0)
-    vs = clips(2, size=16, frames=4)
-    space = build_space(name, block=8)
+    # mvres has one target value per 8x8 block: a bigger clip and more steps give the loss enough values
+    # to fall reliably (16x16x4 clips leave it 60 numbers, and a noisy loss curve).
+    size, frames, steps = (32, 8, 600) if name == "mvres" else (16, 4, 150)
+    vs = clips(2, size=size, frames=frames)
+    space = build_space(name, block=8, codec=_tiny_autoencoder_codec(vs) if name == "mvres" else None)
     raws = [space.encode(v) for v in vs]
-    space.normalizer = Normalizer.identity(space.channels) if name == "mvres" else space.fit_normalizer(raws)
-    if name == "mvres":
-        space.fit_normalizer(raws)
+    space.fit_normalizer(raws)
     c = space.channels
     model = UNet3D(UNetConfig.from_dict({**TINY_UNET, "base_channels": 16, "in_channels": c, "out_channels": c}))
     diffusion = GaussianDiffusion.create(schedule="cosine", num_timesteps=50, prediction="v")
@@ -142,18 +161,23 @@ def _overfit(name):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(150):
+    for _ in range(steps):
         loss = diffusion.training_loss(lambda x, t: model(x, t, image), x0, generator=gen)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:20])
-    pipe = VideoPipeline(model.eval(), space, diffusion, 4, 16, 16)
+    pipe = VideoPipeline(model.eval(), space, diffusion, frames, size, size)
     out = pipe(np.stack([v[0] for v in vs]), steps=25, seeds=[0, 1])
-    err = np.abs(out[:, 1:].astype(float) - np.stack(vs)[:, 1:]).mean()
-    noise_err = np.abs(np.random.default_rng(0).integers(0, 256, out[:, 1:].shape) - np.stack(vs)[:, 1:]).mean()
+    truth = np.stack(vs)[:, 1:].astype(float)
+    err = np.abs(out[:, 1:] - truth).mean()
+    noise_err = np.abs(np.random.default_rng(0).integers(0, 256, truth.shape) - truth).mean()
+    still_err = np.abs(np.stack(vs)[:, :1] - truth).mean()  # "no motion": repeat the first frame
     assert err < 0.25 * noise_err, (err, noise_err)
+    if name == "mvres":
+        # In this budget only mvres beats "no motion" (pixel spaces: 9.9 / 4.1 vs 1.9 at 150 steps).
+        assert err < still_err, (err, still_err)
 
 
 def test_pipeline_seed_reproduces_and_is_batch_independent():
