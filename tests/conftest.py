@@ -24,3 +24,23 @@ def real_data() -> Path:
     if path is None:
         pytest.skip("real video fixtures not found: set DVDM_REAL_DATA or place them at ../shared/data/real")
     return path
+
+
+TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [False, False],
+             "attention_heads": 1, "attention_head_dim": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A real (2-step) text-conditioned rgb diffusion run on tiny synthetic 8x32x32 clips: its directory."""
+    from dvdm.config import IngestParams, TrainParams
+    from dvdm.stages.ingest import run_ingest
+    from dvdm.stages.train_diffusion import run_train_diffusion
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    run_ingest(IngestParams(frames=8, height=32, width=32, options={"num_train": 4, "num_val": 1, "num_test": 1, "seed": 3}),
+               root / "ingested")
+    run_train_diffusion(TrainParams(space="rgb", steps=2, batch_size=2, sample_steps=2, log_every=1,
+                                    unet=dict(TINY_UNET), diffusion={"num_timesteps": 100}),
+                        root / "ingested", root / "model")
+    return root / "model"

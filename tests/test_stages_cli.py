@@ -212,3 +212,25 @@ def test_cli_sample_bad_inputs(tmp_path):
                              cwd=tmp_path), ".mp4 or .gif")
     _assert_clean_error(dvdm(*base, "--model", "notamodel", "--guidance", "99", cwd=tmp_path), "guidance")
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_cli_sample_with_a_trained_model(tiny_model, tmp_path):
+    """Resize notice, reproducible seed, and the bad inputs only a loaded model can check."""
+    from PIL import Image
+
+    from dvdm.video.reader import read_video
+
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "big.png")
+    r = dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--prompt", "a red square moves left",
+             "--steps", "3", "--seed", "7", "--out", "a.mp4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resized from 48x40 to the model's 32x32" in r.stderr
+    video = read_video(tmp_path / "a.mp4")
+    assert video.frames.shape == (8, 32, 32, 3)
+
+    _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--steps", "101", "--prompt", "x",
+                             "--out", "c.mp4", cwd=tmp_path), "--steps must be within 1..100")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "broken.png", "--out", "c.mp4",
+                             cwd=tmp_path), "broken.png")
+    assert not (tmp_path / "c.mp4").exists()
