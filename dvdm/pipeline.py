@@ -87,7 +87,8 @@ class VideoPipeline:
         if text is None and self.text_encoder is not None:
             text = self.encode_text(prompts if prompts is not None else [""] * b)
         shape = (b, *self.space.target_shape(self.frames, self.height, self.width))
-        cond: dict[str, torch.Tensor] = {"first_frame": image}
+        # The first frame is the same at every step: encode it once, not once per denoising step.
+        cond: dict[str, torch.Tensor] = {"image_features": self.model.encode_image(image, shape[-2:])}
         if text is not None:
             cond["text"] = text
         use_guidance = text is not None and guidance != 1.0

@@ -1,0 +1,118 @@
+"""The DVC side of a flow: which stages are up to date, running a stage's own command, recording the lock.
+
+A Prefect task runs a stage exactly as `dvc repro` would (the `cmd` of `dvc.yaml`, i.e. the `dvdm` CLI), but
+in-process, so a flow pays no interpreter + torch start-up per stage; afterwards `dvc commit` records the
+stage in `dvc.lock` and the cache, so a later `dvc repro` (or a rerun of the flow) skips it.
+
+DVC holds a repository lock and fails when two commands overlap, so every DVC call here goes through one
+process-wide lock plus an advisory file lock (`.dvc/tmp/dvdm-flow.lock`) that serialises flows in
+different processes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shlex
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from dvdm.errors import ConfigError
+
+_THREAD_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One `dvc.yaml` stage: its command and declared outputs/metrics (paths relative to the project)."""
+
+    name: str
+    cmd: str
+    outs: tuple[str, ...]
+    metrics: tuple[str, ...]
+    params: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        """The `dvdm` arguments of the stage's command (the part after `dvdm`)."""
+        words = shlex.split(self.cmd)
+        if not words or words[0] != "dvdm":
+            raise ConfigError(f"dvc.yaml stage {self.name}: flows run `dvdm ...` commands, got {self.cmd!r}")
+        return words[1:]
+
+
+def _names(entries: list[Any]) -> tuple[str, ...]:
+    out = []
+    for e in entries or []:
+        out.extend(e.keys() if isinstance(e, dict) else [e])
+    return tuple(str(x) for x in out)
+
+
+def read_stages(project: Path) -> dict[str, Stage]:
+    """The stages of `project/dvc.yaml`, in file order (which is pipeline order)."""
+    path = Path(project) / "dvc.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run the pipeline from the project root (where dvc.yaml is) "
+                          "or pass --project")
+    doc = yaml.safe_load(path.read_text()) or {}
+    stages = {}
+    for name, body in (doc.get("stages") or {}).items():
+        stages[name] = Stage(name, body["cmd"], _names(body.get("outs")), _names(body.get("metrics")),
+                             _names(body.get("params")))
+    return stages
+
+
+@contextlib.contextmanager
+def dvc_lock(project: Path) -> Iterator[None]:
+    """Serialise DVC calls on one repository (threads of this process and other processes)."""
+    lock_dir = Path(project) / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, open(lock_dir / "dvdm-flow.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_dvc_project(project: Path) -> bool:
+    return (Path(project) / ".dvc").is_dir()
+
+
+def _repo(project: Path):
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from dvc.repo import Repo
+
+    return Repo(str(project))
+
+
+def stage_up_to_date(project: Path, stage: Stage) -> bool:
+    """True when `dvc status` reports nothing for the stage and its outputs exist in the workspace."""
+    if not is_dvc_project(project):
+        return False
+    if not all((Path(project) / o).exists() for o in stage.outs):
+        return False
+    with dvc_lock(project), _repo(project) as repo:
+        return not repo.status(targets=[stage.name])
+
+
+def commit_stage(project: Path, stage: Stage) -> None:
+    """Record a stage that just ran in dvc.lock and the DVC cache (what `dvc repro` does after a command)."""
+    if not is_dvc_project(project):
+        return
+    with dvc_lock(project), _repo(project) as repo:
+        repo.commit(stage.name, force=True)
+
+
+def data_hash(project: Path, stage_name: str = "ingest") -> str | None:
+    """The DVC hash of a stage's first output as recorded in dvc.lock (the data version a model saw)."""
+    lock = Path(project) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    doc = yaml.safe_load(lock.read_text()) or {}
+    outs = ((doc.get("stages") or {}).get(stage_name) or {}).get("outs") or []
+    return outs[0].get("md5") if outs else None

@@ -1,0 +1,65 @@
+"""One Prefect task that runs any `dvc.yaml` stage: skip when DVC finds it up to date, else run its
+command in-process, record it with `dvc commit`, and log it as an MLflow child run.
+
+The task takes and returns plain values (project path, stage name, run ids, metrics), never tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.dvc_stages import Stage, commit_stage, read_stages, stage_up_to_date
+from flows.environment import working_directory
+
+
+def read_stage_metrics(project: Path, stage: Stage) -> dict[str, float]:
+    """The numeric values of a stage's declared metrics files, flattened with dots."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            out[prefix] = float(obj)
+
+    for name in stage.metrics:
+        path = Path(project) / name
+        if path.is_file():
+            walk("", json.loads(path.read_text()))
+    return out
+
+
+def invoke_cli(argv: list[str]) -> None:
+    """Run `dvdm ARGV` in this process; a user error raises (so Prefect sees the failure and retries)."""
+    import typer
+
+    from dvdm.cli import app
+
+    typer.main.get_command(app).main(args=argv, prog_name="dvdm", standalone_mode=False)
+
+
+@task(name="stage", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE, task_run_name="{stage_name}")
+def run_stage(project: str, stage_name: str, force: bool = False) -> dict[str, Any]:
+    """Run one stage unless DVC says it is up to date; returns what ran and the stage's metrics."""
+    logger = get_run_logger()
+    root = Path(project)
+    stage = read_stages(root)[stage_name]
+    if not force and stage_up_to_date(root, stage):
+        logger.info("%s: up to date (dvc status), skipped", stage_name)
+        return {"stage": stage_name, "skipped": True, "seconds": 0.0, "metrics": read_stage_metrics(root, stage),
+                "outs": list(stage.outs)}
+    started = time.perf_counter()
+    with working_directory(root):
+        invoke_cli(stage.argv())
+    commit_stage(root, stage)
+    seconds = time.perf_counter() - started
+    logger.info("%s: done in %.1fs", stage_name, seconds)
+    return {"stage": stage_name, "skipped": False, "seconds": round(seconds, 2),
+            "metrics": read_stage_metrics(root, stage), "outs": list(stage.outs)}
