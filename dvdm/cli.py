@@ -208,6 +208,56 @@ def train(
 
 
 @app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")]
+    = Path("models/diffusion"),
+    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory (its held-out split).")]
+    = Path("data/ingested"),
+    out: Annotated[Path, typer.Option("--out", help="Report directory (replaced atomically).")]
+    = Path("reports/evaluate"),
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write metrics.json here (DVC).")]
+    = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Sample held-out clips and measure them: FVD/KVD, PSNR/SSIM, motion-following; grid, plots, report."""
+    from dvdm.config import section
+    from dvdm.stages.evaluate import run_evaluate
+
+    m = run_evaluate(section(_params_path(params), "evaluate", list(set_ or [])), model, in_dir, out, metrics)
+    parts = [f"{m['n_clips']} {m['split']} clips ({m['space']})"]
+    for key, label in (("fvd", "FVD"), ("kvd", "KVD"), ("psnr", "PSNR"), ("ssim", "SSIM"),
+                       ("motion_accuracy", "motion-following")):
+        if m.get(key) is not None:
+            parts.append(f"{label} {m[key]:.4g}")
+    parts.append(f"{m['sample_seconds_per_clip']:.2f}s per clip")
+    typer.echo("evaluated " + ", ".join(parts) + f" -> {out}/report.md, {out}/grid.mp4")
+    if "fvd_skipped" in m:
+        typer.echo(f"note: FVD skipped: {m['fvd_skipped']}", err=True)
+
+
+@app.command()
+def fvd(
+    real: Annotated[Path, typer.Argument(help="Folder of real videos (mp4/avi/webm/gif or frame folders).")],
+    fake: Annotated[Path, typer.Argument(help="Folder of generated videos.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    frames: Annotated[int, typer.Option("--frames", help="Frames per clip (the protocol: 16).")] = 16,
+) -> None:
+    """FVD and KVD between two folders of videos (I3D Kinetics-400 logits, the original FVD protocol)."""
+    from dvdm.evaluate.fvd import fvd_folders
+
+    res = fvd_folders(real, fake, device=device, frames=frames)
+    if as_json:
+        _echo_json(res.to_dict())
+    else:
+        typer.echo(f"FVD {res.fvd:.2f}  KVD {res.kvd:.4f}  ({res.n_real} real, {res.n_fake} generated, "
+                   f"{res.frames} frames)")
+    for note in res.notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command()
 def sample(
     model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")],
     image: Annotated[Path, typer.Option("--image", help="The first frame (png, jpg, ...).")],

@@ -107,8 +107,25 @@ class TrainParams:
     diffusion: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class EvaluateParams:
+    """Evaluation of a trained model on held-out clips (stage evaluate)."""
+
+    split: str = "test"              # held-out split to sample (falls back to val)
+    max_clips: int = 16              # 0: every clip of the split
+    steps: int = 25                  # sampling steps
+    guidance: float = 1.0            # classifier-free guidance scale (the paper samples with 1.0)
+    sampler: str = "ddim"
+    seed: int = 0                    # clip i uses seed + i
+    batch_size: int = 4
+    fvd: bool = True                 # FVD/KVD with I3D (skipped with the reason when the weights are absent)
+    grid_clips: int = 4              # rows of the ground-truth | generated grid
+    fps: float = 8.0
+    device: str = "auto"
+
+
 SECTIONS = {"ingest": IngestParams, "decompose": DecomposeParams, "train_ae": TrainAEParams,
-            "train": TrainParams}
+            "train": TrainParams, "evaluate": EvaluateParams}
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:

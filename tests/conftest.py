@@ -32,13 +32,13 @@ TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A real (2-step) text-conditioned rgb diffusion run on tiny synthetic 8x32x32 clips: its directory."""
+    """A real (2-step) text-conditioned rgb diffusion run on tiny synthetic 16x64x64 clips: its directory."""
     from dvdm.config import IngestParams, TrainParams
     from dvdm.stages.ingest import run_ingest
     from dvdm.stages.train_diffusion import run_train_diffusion
 
     root = tmp_path_factory.mktemp("tiny_model")
-    run_ingest(IngestParams(frames=8, height=32, width=32, options={"num_train": 4, "num_val": 1, "num_test": 1, "seed": 3}),
+    run_ingest(IngestParams(options={"num_train": 4, "num_val": 1, "num_test": 2, "seed": 3}),
                root / "ingested")
     run_train_diffusion(TrainParams(space="rgb", steps=2, batch_size=2, sample_steps=2, log_every=1,
                                     unet=dict(TINY_UNET), diffusion={"num_timesteps": 100}),

@@ -224,9 +224,9 @@ def test_cli_sample_with_a_trained_model(tiny_model, tmp_path):
     r = dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--prompt", "a red square moves left",
              "--steps", "3", "--seed", "7", "--out", "a.mp4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "resized from 48x40 to the model's 32x32" in r.stderr
+    assert "resized from 48x40 to the model's 64x64" in r.stderr
     video = read_video(tmp_path / "a.mp4")
-    assert video.frames.shape == (8, 32, 32, 3)
+    assert video.frames.shape == (16, 64, 64, 3)
 
     _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--steps", "101", "--prompt", "x",
                              "--out", "c.mp4", cwd=tmp_path), "--steps must be within 1..100")

@@ -1,0 +1,204 @@
+"""Stage `evaluate`: sample held-out clips from their first frame + caption, and measure them.
+
+Outputs (one directory, written atomically): `metrics.json` (what DVC shows and the promotion gate reads),
+`report.md`, `grid.gif` + `grid.mp4` (ground truth left, generated right, one clip per row), per-frame
+PSNR/SSIM plots, and the generated clips as MP4. Metrics: FVD + KVD (I3D, when the weights are installed
+and the clips have the 16 frames of the protocol; otherwise skipped with the reason recorded), PSNR/SSIM
+against the held-out ground truth, first-frame fidelity, warping error, motion-following on synthetic
+data, cFVD/sFVD where the clips carry classes/subjects, and sampling time per clip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvdm.config import EvaluateParams, as_dict
+from dvdm.data.shards import ShardedDataset
+from dvdm.errors import DataError, DvdmError
+from dvdm.utils.atomic import atomic_dir, write_json
+
+FVD_FRAMES = 16
+
+
+def held_out(data: ShardedDataset, split: str, limit: int) -> tuple[str, list[dict], list[np.ndarray]]:
+    """(split used, records, clips) of the held-out split (`val` when the asked split is empty)."""
+    counts = data.splits()
+    if not counts.get(split):
+        fallback = next((s for s in ("test", "val") if counts.get(s)), None)
+        if fallback is None:
+            raise DataError(f"{data.root}: no held-out clips (splits: {counts}); ingest with a test or val split")
+        split = fallback
+    records, clips = [], []
+    for record, arrays in data.iter_examples(split):
+        records.append(record)
+        clips.append(arrays["frames"])
+        if limit and len(clips) >= limit:
+            break
+    return split, records, clips
+
+
+def side_by_side(real: list[np.ndarray], fake: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """One video: a row per clip, ground truth left and generated right, separated by white lines."""
+    rows = []
+    for r, f in zip(real, fake):
+        t, h, _, c = r.shape
+        sep = np.full((t, h, gap, c), 255, np.uint8)
+        rows.append(np.concatenate([r, sep, f], axis=2))
+        rows.append(np.full((t, gap, rows[-1].shape[2], c), 255, np.uint8))
+    return np.concatenate(rows[:-1], axis=1)
+
+
+def _plot_curves(path: Path, curves: dict[str, list[float]], ylabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=name)
+    ax.set_xlabel("generated frame")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dict],
+               params: EvaluateParams) -> dict[str, Any]:
+    """FVD/KVD and the grouped variants, or the reason they were skipped."""
+    if not params.fvd:
+        return {"fvd_skipped": "disabled (evaluate.fvd: false)"}
+    if len(real) < 2:
+        return {"fvd_skipped": f"{len(real)} held-out clip; FVD needs at least 2 (a covariance)"}
+    if real[0].shape[0] < FVD_FRAMES:
+        return {"fvd_skipped": f"clips have {real[0].shape[0]} frames; the FVD protocol needs {FVD_FRAMES}"}
+    from dvdm.evaluate.errors import I3DWeightsMissing
+    from dvdm.evaluate.fvd import extract_features, fvd_from_features
+    from dvdm.evaluate.group_fvd import cfvd, sfvd
+    from dvdm.evaluate.i3d import load_i3d
+
+    try:
+        model = load_i3d(None, params.device if params.device != "auto" else _auto_device())
+    except I3DWeightsMissing as exc:
+        return {"fvd_skipped": str(exc)}
+    rf = extract_features(real, model=model, frames=FVD_FRAMES)
+    ff = extract_features(fake, model=model, frames=FVD_FRAMES)
+    res = fvd_from_features(rf, ff, seed=params.seed)
+    out: dict[str, Any] = {"fvd": res.fvd, "kvd": res.kvd, "fvd_protocol": res.protocol, "fvd_notes": res.notes}
+    for key, fn, name in (("class_index", cfvd, "cfvd"), ("subject", sfvd, "sfvd")):
+        groups = [r.get("labels", {}).get(key) for r in records]
+        if all(g is not None for g in groups):
+            g = fn(rf, groups, ff, groups)
+            out[name] = g.to_dict()
+    return out
+
+
+def _auto_device() -> str:
+    from dvdm.train.device import select_device
+
+    return str(select_device("auto"))
+
+
+def _report(metrics: dict[str, Any], params: EvaluateParams) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["# dvdm evaluation", "",
+             f"Model: `{metrics['model']}`  ", f"Data: `{metrics['data']}` (split `{metrics['split']}`, "
+             f"{metrics['n_clips']} clips)  ",
+             f"Sampling: {params.sampler} {params.steps} steps, guidance {params.guidance}, seeds "
+             f"{params.seed}..{params.seed + metrics['n_clips'] - 1}", "", "| metric | value |", "|---|---|"]
+    for key in ("fvd", "kvd", "psnr", "ssim", "first_frame_psnr", "warping_error", "direction_accuracy",
+                "speed_accuracy", "motion_accuracy", "sample_seconds_per_clip"):
+        if key in metrics and metrics[key] is not None:
+            lines.append(f"| {key} | {fmt(metrics[key])} |")
+    if "fvd_skipped" in metrics:
+        lines += ["", f"FVD skipped: {metrics['fvd_skipped']}"]
+    if metrics.get("fvd_protocol"):
+        p = metrics["fvd_protocol"]
+        lines += ["", f"FVD protocol: {p['network']}, {p['feature']}, N real {p['n_real']} / generated "
+                  f"{p['n_fake']}, {p['frames']} frames, {p['size'][0]}x{p['size'][1]}, weights sha256 "
+                  f"`{p['weights_sha256'][:16]}...`"]
+        lines += [f"- note: {n}" for n in metrics.get("fvd_notes", [])]
+    for name in ("cfvd", "sfvd"):
+        if name in metrics:
+            lines.append(f"- {name}: mean {fmt(metrics[name].get('mean'))}, std {fmt(metrics[name].get('std'))}")
+    lines += ["", "![ground truth | generated](grid.gif)", "", "![PSNR per frame](psnr_per_frame.png)", ""]
+    return "\n".join(lines)
+
+
+def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | Path,
+                 out_dir: str | Path, metrics_file: str | Path | None = None) -> dict[str, Any]:
+    """Sample the held-out clips with a trained model and write every metric, picture and report.
+
+    `metrics_file` (optional) gets a copy of metrics.json outside the report directory, for DVC.
+    """
+    from dvdm.evaluate.frame_metrics import set_metrics
+    from dvdm.evaluate.motion_following import score_motion_following
+    from dvdm.pipeline import VideoPipeline
+    from dvdm.video.writer import write_gif, write_mp4
+
+    if params.steps < 1 or params.max_clips < 0 or params.batch_size < 1:
+        raise DvdmError("evaluate: steps and batch_size must be >= 1 and max_clips >= 0")
+    model_dir = Path(model_dir)
+    ckpt = model_dir / "checkpoint" if (model_dir / "checkpoint" / "config.json").is_file() else model_dir
+    pipe = VideoPipeline.from_checkpoint(ckpt, device=params.device)
+    data = ShardedDataset(Path(data_dir))
+    split, records, real = held_out(data, params.split, params.max_clips)
+    want = (pipe.frames, pipe.height, pipe.width)
+    if real[0].shape[:3] != want:
+        raise DataError(f"{data_dir}: clips are {'x'.join(map(str, real[0].shape[:3]))} (frames x H x W) but "
+                        f"the model generates {'x'.join(map(str, want))}")
+
+    fake: list[np.ndarray] = []
+    started = time.perf_counter()
+    for i in range(0, len(real), params.batch_size):
+        chunk = real[i:i + params.batch_size]
+        prompts = [r.get("caption") or "" for r in records[i:i + params.batch_size]]
+        seeds = [params.seed + i + k for k in range(len(chunk))]
+        out = pipe(np.stack([c[0] for c in chunk]), prompts, steps=params.steps, guidance=params.guidance,
+                   seeds=seeds, sampler=params.sampler)
+        fake.extend(list(out))
+    seconds = time.perf_counter() - started
+
+    frame = set_metrics(fake, real)
+    metrics: dict[str, Any] = {
+        "model": str(model_dir), "data": str(data_dir), "split": split, "n_clips": len(fake),
+        "space": pipe.space.name, "sample_seconds_per_clip": seconds / len(fake),
+        **{k: v for k, v in frame.items() if not k.endswith("_per_frame") and k != "n"},
+    }
+    labels = [r.get("labels") or {} for r in records]
+    if all("direction_index" in lab and "objects" in lab for lab in labels):
+        mf = score_motion_following(fake, labels)
+        metrics.update({k: mf[k] for k in ("direction_accuracy", "speed_accuracy", "motion_accuracy",
+                                           "velocity_error", "object_not_found")})
+        metrics["motion_chance"] = mf["chance"]
+    metrics.update(_fvd_block(real, fake, records, params))
+    metrics["params"] = as_dict(params)
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        grid_n = min(params.grid_clips, len(fake))
+        grid = side_by_side(real[:grid_n], fake[:grid_n])
+        write_gif(tmp / "grid.gif", grid, fps=params.fps)
+        write_mp4(tmp / "grid.mp4", grid, fps=params.fps)
+        (tmp / "samples").mkdir()
+        for rec, video in zip(records, fake):
+            write_mp4(tmp / "samples" / f"{rec['id'].replace('/', '_')}.mp4", video, fps=params.fps)
+        _plot_curves(tmp / "psnr_per_frame.png", {pipe.space.name: frame["psnr_per_frame"]}, "PSNR (dB)")
+        _plot_curves(tmp / "ssim_per_frame.png", {pipe.space.name: frame["ssim_per_frame"]}, "SSIM")
+        write_json(tmp / "per_frame.json", [{"frame": i + 1, "psnr": p, "ssim": q} for i, (p, q) in
+                                            enumerate(zip(frame["psnr_per_frame"], frame["ssim_per_frame"]))])
+        write_json(tmp / "metrics.json", metrics)
+        (tmp / "report.md").write_text(_report(metrics, params))
+    if metrics_file is not None:
+        write_json(Path(metrics_file), metrics)
+    return json.loads((out_dir / "metrics.json").read_text())
