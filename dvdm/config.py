@@ -81,6 +81,7 @@ class TrainAEParams:
     log_every: int = 50
     checkpoint_every: int = 0
     eval_clips: int = 8
+    max_seconds: float = 0.0         # > 0: stop after this much training time (a compute budget)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class TrainParams:
     checkpoint_every: int = 0
     sample_steps: int = 25
     guidance: float = 1.0
+    max_seconds: float = 0.0         # > 0: stop after this much training time (a compute budget)
     unet: dict[str, Any] = field(default_factory=dict)
     diffusion: dict[str, Any] = field(default_factory=dict)
 

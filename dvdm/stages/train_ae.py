@@ -128,7 +128,8 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
 
     cfg = TrainConfig(steps=params.steps, batch_size=params.batch_size, lr=params.lr, ema_decay=params.ema_decay,
                       grad_clip=params.grad_clip, seed=params.seed, device=params.device,
-                      log_every=params.log_every, checkpoint_every=params.checkpoint_every)
+                      log_every=params.log_every, checkpoint_every=params.checkpoint_every,
+                      max_seconds=params.max_seconds)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)

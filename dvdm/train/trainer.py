@@ -53,6 +53,7 @@ class TrainConfig:
     max_nan_steps: int = 10
     device: str = "auto"
     amp: bool = True
+    max_seconds: float = 0.0       # > 0: also stop after this much training time (a compute budget)
 
     def __post_init__(self) -> None:
         from dvdm.errors import ConfigError
@@ -217,13 +218,15 @@ class Trainer:
         return {k: float(v.detach()) for k, v in out.items() if v.ndim == 0} | {"grad_norm": float(grad_norm)}
 
     def fit(self) -> Path:
-        """Train to `config.steps`; returns the final checkpoint path."""
+        """Train to `config.steps` (or until `config.max_seconds` ran out); returns the final checkpoint path."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         running: dict[str, float] = {}
         count = 0
         started = time.perf_counter()
         while self.step < cfg.steps:
+            if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
+                break
             metrics = self.train_step()
             self.step += 1
             if metrics is not None:
@@ -241,6 +244,11 @@ class Trainer:
                 self._sample()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps:
                 self.save()
+        if count:  # a budget stop between two log points: report the partial window too
+            avg = {k: v / count for k, v in running.items()}
+            avg["steps_per_second"] = self.step / max(time.perf_counter() - started, 1e-9)
+            for cb in self.callbacks:
+                cb.on_step(self.step, avg)
         path = self.save()
         self._sample()
         return path
