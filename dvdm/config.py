@@ -115,6 +115,7 @@ class EvaluateParams:
 
     split: str = "test"              # held-out split to sample (falls back to val)
     max_clips: int = 16              # 0: every clip of the split
+    samples_per_clip: int = 1        # generated videos per held-out clip (BAIR protocol: 100)
     steps: int = 25                  # sampling steps
     guidance: float = 1.0            # classifier-free guidance scale (the paper samples with 1.0)
     sampler: str = "ddim"

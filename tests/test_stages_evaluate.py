@@ -32,22 +32,23 @@ def test_side_by_side_layout():
 
 def test_evaluate_stage_writes_report_metrics_and_videos(tiny_model, tmp_path):
     data = tiny_model.parent / "ingested"
-    params = EvaluateParams(max_clips=2, steps=2, batch_size=2, grid_clips=2)
+    params = EvaluateParams(max_clips=2, samples_per_clip=2, steps=2, batch_size=3, grid_clips=2)
     m = run_evaluate(params, tiny_model, data, tmp_path / "eval", tmp_path / "metrics.json")
     out = tmp_path / "eval"
     for name in ("metrics.json", "report.md", "grid.gif", "grid.mp4", "psnr_per_frame.png", "ssim_per_frame.png",
                  "per_frame.json"):
         assert (out / name).is_file(), name
-    assert len(list((out / "samples").glob("*.mp4"))) == 2
-    assert json.loads((tmp_path / "metrics.json").read_text())["n_clips"] == 2
-    assert m["n_clips"] == 2 and m["split"] == "test" and m["space"] == "rgb"
+    names = sorted(p.name for p in (out / "samples").glob("*.mp4"))
+    assert len(names) == 4 and names[0].endswith("-seed0.mp4"), names   # 2 clips x 2 seeds, distinct files
+    assert json.loads((tmp_path / "metrics.json").read_text())["n_clips"] == 4
+    assert m["n_clips"] == 4 and m["n_real_clips"] == 2 and m["split"] == "test" and m["space"] == "rgb"
     assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and m["sample_seconds_per_clip"] > 0
     # synthetic labels -> motion-following is scored; an untrained model is near chance, not perfect
     assert 0 <= m["direction_accuracy"] <= 1 and "motion_chance" in m
     grid = read_video(out / "grid.mp4").frames
     assert grid.shape[0] == 16 and grid.shape[2] == 64 * 2 + 2
     if weights_available() is None:
-        assert m["fvd"] >= 0 and m["fvd_protocol"]["n_fake"] == 2
+        assert m["fvd"] >= 0 and m["fvd_protocol"]["n_fake"] == 4 and m["fvd_protocol"]["n_real"] == 2
         assert "fvd" in (out / "report.md").read_text().lower()
     else:
         assert "fvd_skipped" in m

@@ -71,7 +71,7 @@ def _plot_curves(path: Path, curves: dict[str, list[float]], ylabel: str) -> Non
     plt.close(fig)
 
 
-def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dict],
+def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dict], fake_records: list[dict],
                params: EvaluateParams) -> dict[str, Any]:
     """FVD/KVD and the grouped variants, or the reason they were skipped."""
     if not params.fvd:
@@ -94,9 +94,10 @@ def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dic
     res = fvd_from_features(rf, ff, seed=params.seed)
     out: dict[str, Any] = {"fvd": res.fvd, "kvd": res.kvd, "fvd_protocol": res.protocol, "fvd_notes": res.notes}
     for key, fn, name in (("class_index", cfvd, "cfvd"), ("subject", sfvd, "sfvd")):
-        groups = [r.get("labels", {}).get(key) for r in records]
+        groups = [(r.get("labels") or {}).get(key) for r in records]
+        fake_groups = [(r.get("labels") or {}).get(key) for r in fake_records]
         if all(g is not None for g in groups):
-            g = fn(rf, groups, ff, groups)
+            g = fn(rf, groups, ff, fake_groups)
             out[name] = g.to_dict()
     return out
 
@@ -146,8 +147,8 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
     from dvdm.pipeline import VideoPipeline
     from dvdm.video.writer import write_gif, write_mp4
 
-    if params.steps < 1 or params.max_clips < 0 or params.batch_size < 1:
-        raise DvdmError("evaluate: steps and batch_size must be >= 1 and max_clips >= 0")
+    if params.steps < 1 or params.max_clips < 0 or params.batch_size < 1 or params.samples_per_clip < 1:
+        raise DvdmError("evaluate: steps, batch_size and samples_per_clip must be >= 1 and max_clips >= 0")
     model_dir = Path(model_dir)
     ckpt = model_dir / "checkpoint" if (model_dir / "checkpoint" / "config.json").is_file() else model_dir
     pipe = VideoPipeline.from_checkpoint(ckpt, device=params.device)
@@ -158,30 +159,36 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
         raise DataError(f"{data_dir}: clips are {'x'.join(map(str, real[0].shape[:3]))} (frames x H x W) but "
                         f"the model generates {'x'.join(map(str, want))}")
 
+    # k samples per held-out clip (the BAIR protocol draws 100): sample j of clip i uses seed
+    # seed + j * n + i, so k = 1 reproduces the same videos as before.
+    n, k = len(real), params.samples_per_clip
+    jobs = [(j * n + i, i) for j in range(k) for i in range(n)]
     fake: list[np.ndarray] = []
     started = time.perf_counter()
-    for i in range(0, len(real), params.batch_size):
-        chunk = real[i:i + params.batch_size]
-        prompts = [r.get("caption") or "" for r in records[i:i + params.batch_size]]
-        seeds = [params.seed + i + k for k in range(len(chunk))]
-        out = pipe(np.stack([c[0] for c in chunk]), prompts, steps=params.steps, guidance=params.guidance,
-                   seeds=seeds, sampler=params.sampler)
+    for b in range(0, len(jobs), params.batch_size):
+        chunk = jobs[b:b + params.batch_size]
+        prompts = [records[i].get("caption") or "" for _, i in chunk]
+        out = pipe(np.stack([real[i][0] for _, i in chunk]), prompts, steps=params.steps,
+                   guidance=params.guidance, seeds=[params.seed + s_ for s_, _ in chunk], sampler=params.sampler)
         fake.extend(list(out))
     seconds = time.perf_counter() - started
+    fake_real = [real[i] for _, i in jobs]
+    fake_records = [records[i] for _, i in jobs]
 
-    frame = set_metrics(fake, real)
+    frame = set_metrics(fake, fake_real)
     metrics: dict[str, Any] = {
         "model": str(model_dir), "data": str(data_dir), "split": split, "n_clips": len(fake),
+        "n_real_clips": n, "samples_per_clip": k,
         "space": pipe.space.name, "sample_seconds_per_clip": seconds / len(fake),
         **{k: v for k, v in frame.items() if not k.endswith("_per_frame") and k != "n"},
     }
-    labels = [r.get("labels") or {} for r in records]
+    labels = [r.get("labels") or {} for r in fake_records]
     if all("direction_index" in lab and "objects" in lab for lab in labels):
         mf = score_motion_following(fake, labels)
         metrics.update({k: mf[k] for k in ("direction_accuracy", "speed_accuracy", "motion_accuracy",
                                            "velocity_error", "object_not_found")})
         metrics["motion_chance"] = mf["chance"]
-    metrics.update(_fvd_block(real, fake, records, params))
+    metrics.update(_fvd_block(real, fake, records, fake_records, params))
     metrics["params"] = as_dict(params)
 
     out_dir = Path(out_dir)
@@ -191,8 +198,9 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
         write_gif(tmp / "grid.gif", grid, fps=params.fps)
         write_mp4(tmp / "grid.mp4", grid, fps=params.fps)
         (tmp / "samples").mkdir()
-        for rec, video in zip(records, fake):
-            write_mp4(tmp / "samples" / f"{rec['id'].replace('/', '_')}.mp4", video, fps=params.fps)
+        for (seed_offset, _), rec, video in zip(jobs, fake_records, fake):
+            name = f"{rec['id'].replace('/', '_')}-seed{params.seed + seed_offset}.mp4"
+            write_mp4(tmp / "samples" / name, video, fps=params.fps)
         _plot_curves(tmp / "psnr_per_frame.png", {pipe.space.name: frame["psnr_per_frame"]}, "PSNR (dB)")
         _plot_curves(tmp / "ssim_per_frame.png", {pipe.space.name: frame["ssim_per_frame"]}, "SSIM")
         write_json(tmp / "per_frame.json", [{"frame": i + 1, "psnr": p, "ssim": q} for i, (p, q) in
