@@ -35,6 +35,7 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     params["train"].update(steps=2, batch_size=2, sample_steps=2, log_every=1,
                            unet={"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [False, False],
                                  "attention_heads": 1, "attention_head_dim": 8})
+    params["evaluate"].update(max_clips=2, steps=2, batch_size=2, grid_clips=2, fvd=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
@@ -43,7 +44,7 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     run(["git", "init", "-q"], repo, env)
     run(dvc + ["init", "-q"], repo, env)
     out = run(dvc + ["repro"], repo, env).stdout
-    for stage in ("ingest", "decompose", "train-ae", "train-diffusion"):
+    for stage in ("ingest", "decompose", "train-ae", "train-diffusion", "evaluate"):
         assert f"Running stage '{stage}'" in out, out
     assert (repo / "data" / "decomposed" / "stats.json").is_file()
     assert (repo / "models" / "diffusion" / "checkpoint" / "model.safetensors").is_file()
@@ -52,6 +53,7 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     assert "Running stage" not in again
     metrics = run(dvc + ["metrics", "show", "--json"], repo, env).stdout
     assert "roundtrip_max_abs_error" in metrics and "residual_psnr" in metrics and "val_loss" in metrics
+    assert '"motion_accuracy"' in metrics and (repo / "reports" / "evaluate" / "grid.mp4").is_file()
     # a changed decompose parameter reruns only that stage
     params["decompose"]["differences"] = "previous"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
