@@ -1,0 +1,298 @@
+"""dvdm.tracking store + runs + trainer callback on a real MLflow SQLite store in a temp dir.
+
+The store is module-scoped and copied from a session template: creating a fresh MLflow database runs its
+migrations (~3 s); a copy opens in milliseconds. Every test uses its own experiment, so they stay
+independent. The URI is always explicit: nothing here touches ./work or the caller's MLFLOW_TRACKING_URI.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dvdm.tracking import runs
+from dvdm.tracking.errors import TrackingError
+from dvdm.tracking.store import (artifact_root, embedded_uri, ensure_experiment, open_client,
+                                 resolve_tracking_uri, sqlite_path, work_dir)
+
+
+def _client(tmp_path_factory, name: str):
+    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
+    if not template.exists():
+        open_client(f"sqlite:///{template}").search_experiments()  # creates the schema once per session
+    dest = tmp_path_factory.mktemp(name)
+    shutil.copy(template, dest / "mlflow.db")
+    return open_client(f"sqlite:///{dest / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    return _client(tmp_path_factory, "runs-store")
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+def test_uri_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVDM_WORK_DIR", str(tmp_path / "w"))
+    assert work_dir() == (tmp_path / "w").resolve()
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'w' / 'mlflow' / 'mlflow.db'}"
+    assert resolve_tracking_uri(work=tmp_path / "x") == embedded_uri(tmp_path / "x")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert resolve_tracking_uri() == "http://tracking:5000"
+    assert resolve_tracking_uri("sqlite:////elsewhere/m.db") == "sqlite:////elsewhere/m.db"  # explicit wins
+    assert resolve_tracking_uri(str(tmp_path / "my.db")) == f"sqlite:///{tmp_path.resolve() / 'my.db'}"
+    with pytest.raises(TrackingError, match="URI"):
+        resolve_tracking_uri(str(tmp_path / "folder"))
+    monkeypatch.delenv("DVDM_WORK_DIR")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri().endswith("/work/mlflow/mlflow.db")
+
+
+def test_sqlite_paths_and_artifact_root():
+    assert sqlite_path("sqlite:////abs/dir/mlflow.db") == Path("/abs/dir/mlflow.db")
+    assert sqlite_path("http://host") is None and artifact_root("http://host") is None
+    assert artifact_root("sqlite:////abs/dir/mlflow.db") == Path("/abs/dir/artifacts")
+
+
+def test_experiment_created_once_with_local_artifacts(client):
+    exp_id = ensure_experiment(client, "dvdm-store-test")
+    assert ensure_experiment(client, "dvdm-store-test") == exp_id
+    root = artifact_root(client.tracking_uri)
+    assert client.get_experiment(exp_id).artifact_location == (root / "dvdm-store-test").as_uri()
+    client.delete_experiment(exp_id)
+    assert ensure_experiment(client, "dvdm-store-test") == exp_id  # a deleted experiment is restored
+    assert client.get_experiment(exp_id).lifecycle_stage == "active"
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def test_parent_and_child_runs_log_params_metrics_artifacts_tags(client, tmp_path):
+    exp = runs.experiment_name("synthetic-a")
+    parent = runs.start_run(client, exp, "flow-1", name="pipeline", tags={"dvdm.preset": "tiny"})
+    child = runs.start_child_run(client, parent, "train-diffusion", name="train-diffusion",
+                                 tags=runs.provenance_tags(Path.cwd(), data_hash="a" * 32 + ".dir", space="mvres"))
+    info = client.get_run(child)
+    assert info.data.tags[runs.PARENT_TAG] == parent
+    assert info.info.experiment_id == client.get_run(parent).info.experiment_id
+    assert info.data.tags[runs.SPACE_TAG] == "mvres"
+    assert info.data.tags[runs.DATA_HASH_TAG] == "a" * 32 + ".dir"
+    assert info.data.tags.get(runs.GIT_COMMIT_TAG) == runs.git_commit(Path.cwd())
+
+    config = {"train": {"steps": 3, "betas": [0.9, 0.99], "unet": {"base_channels": 8}, "extra": {}},
+              "space": "mvres", "long": "x" * 7000, "bad key!": 1}
+    params = runs.log_config(client, child, config)
+    got = client.get_run(child).data.params
+    assert got["train.steps"] == "3" and got["train.betas"] == "[0.9, 0.99]"
+    assert got["train.unet.base_channels"] == "8" and got["train.extra"] == "{}"
+    assert len(got["long"]) == runs.MAX_PARAM_VALUE and got["long"].endswith("[truncated]")
+    assert got["bad key_"] == "1" and params == got
+    runs.log_config(client, child, config)  # same values again (a retry): fine
+    with pytest.raises(TrackingError, match="different values"):
+        runs.log_config(client, child, {**config, "space": "rgb"})
+
+    for step in (1, 2, 3):
+        runs.log_metrics(client, child, {"loss": 1.0 / step, "nested": {"psnr": 20.0 + step}, "note": "x"}, step)
+    history = client.get_metric_history(child, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert client.get_run(child).data.metrics["nested.psnr"] == 23.0
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "metrics.json").write_text("{}")
+    (tmp_path / "grid.gif").write_bytes(b"GIF89a")
+    assert runs.log_artifacts(client, child, tmp_path / "report", "evaluate") == "evaluate"
+    assert runs.log_artifacts(client, child, tmp_path / "grid.gif", "samples") == "samples/grid.gif"
+    names = {a.path for a in client.list_artifacts(child)}
+    assert {"config.json", "evaluate", "samples"} <= names
+    with pytest.raises(TrackingError, match="no such file"):
+        runs.log_artifacts(client, child, tmp_path / "missing")
+
+    runs.end_run(client, child)
+    runs.end_run(client, parent)
+    assert client.get_run(child).info.status == "FINISHED"
+
+
+def test_retry_reuses_the_run_and_failed_runs_are_marked(client):
+    exp = runs.experiment_name("synthetic-retry")
+    parent = runs.start_run(client, exp, "flow-2")
+    assert runs.start_run(client, exp, "flow-2") == parent  # a retried flow gets its parent back
+
+    first = runs.start_child_run(client, parent, "train")
+    runs.fail_run(client, first, RuntimeError("boom"))
+    failed = client.get_run(first)
+    assert failed.info.status == "FAILED" and failed.data.tags[runs.ERROR_TAG] == "RuntimeError: boom"
+    again = runs.start_child_run(client, parent, "train")  # the task's retry
+    assert again == first
+    resumed = client.get_run(first)
+    assert resumed.info.status == "RUNNING" and runs.ERROR_TAG not in resumed.data.tags
+    other = runs.start_child_run(client, parent, "evaluate")
+    assert other != first
+    exp_id = client.get_run(parent).info.experiment_id
+    keyed = client.search_runs([exp_id], f"tags.`{runs.RUN_KEY_TAG}` = 'train'")
+    assert len(keyed) == 1  # no duplicated or orphaned run
+
+    runs.end_run(client, first)
+    rerun = runs.start_child_run(client, parent, "train")  # a finished stage run again: a new run
+    assert rerun != first
+    assert runs.start_child_run(client, parent, "train", reuse_finished=True) == rerun
+
+    other_parent = runs.start_run(client, exp, "flow-3")
+    assert runs.start_child_run(client, other_parent, "train") not in (first, rerun)  # keys are per parent
+    assert runs.start_run(client, exp, "train") not in (first, rerun)  # a parent key never matches a child
+
+
+def test_tracked_run_statuses(client):
+    exp = runs.experiment_name("synthetic-ctx")
+    with runs.tracked_run(client, "ok", experiment=exp) as parent:
+        pass
+    assert client.get_run(parent).info.status == "FINISHED"
+    with pytest.raises(ValueError):
+        with runs.tracked_run(client, "stage", parent_run_id=parent) as child:
+            raise ValueError("bad input")
+    assert client.get_run(child).info.status == "FAILED"
+    with runs.tracked_run(client, "stage", parent_run_id=parent) as retried:
+        pass
+    assert retried == child and client.get_run(child).info.status == "FINISHED"
+    with pytest.raises(TrackingError):
+        with runs.tracked_run(client, "no-experiment"):
+            pass
+    with pytest.raises(TrackingError, match="quotes"):
+        runs.start_run(client, exp, "it's")
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def test_dvc_data_hash(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("""schema: '2.0'
+stages:
+  ingest:
+    cmd: dvdm ingest
+    outs:
+    - path: data/ingested
+      hash: md5
+      md5: 68ece9d7681a4d79183e404919003ee2.dir
+  decompose:
+    cmd: dvdm decompose
+    outs:
+    - path: data/decomposed
+      md5: 9397a78909e54c233ad74463e6ab0456.dir
+    - path: metrics/decompose.json
+      md5: 381906ab929f7edffde428b3ac6783b7
+""")
+    assert runs.dvc_data_hash(lock, out="data/ingested") == "68ece9d7681a4d79183e404919003ee2.dir"
+    assert runs.dvc_data_hash(lock, stage="ingest") == "68ece9d7681a4d79183e404919003ee2.dir"
+    combined = runs.dvc_data_hash(lock, stage="decompose")
+    assert len(combined) == 32 and combined == runs.dvc_data_hash(lock, stage="decompose")
+    assert runs.dvc_data_hash(lock) not in (combined, "68ece9d7681a4d79183e404919003ee2.dir")
+    assert runs.dvc_data_hash("0123456789abcdef0123456789abcdef") == "0123456789abcdef0123456789abcdef"
+    dvcfile = tmp_path / "data.dvc"
+    dvcfile.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    assert runs.dvc_data_hash(dvcfile) == "0123456789abcdef0123456789abcdef.dir"
+    with pytest.raises(TrackingError, match="no output"):
+        runs.dvc_data_hash(lock, out="data/other")
+    with pytest.raises(TrackingError, match="no stage"):
+        runs.dvc_data_hash(lock, stage="export")
+    with pytest.raises(TrackingError):
+        runs.dvc_data_hash(tmp_path / "missing.lock")
+
+
+def test_git_commit_outside_a_repo(tmp_path):
+    assert runs.git_commit(tmp_path) is None
+
+
+def test_clean_key():
+    assert runs.clean_key("a/b.c-d e:f") == "a/b.c-d e:f"
+    assert runs.clean_key("loss[0]") == "loss_0_"
+    assert runs.clean_key("a//b") == "a__b" and runs.clean_key("/x") == "_x" and runs.clean_key("..") == "_"
+    assert len(runs.clean_key("k" * 400)) == runs.MAX_KEY
+
+
+# ---------------------------------------------------------------------------------------------- callback
+
+
+def test_callback_buffers_metrics_logs_samples_and_checkpoints(client, tmp_path):
+    from dvdm.tracking.callback import CHECKPOINT_TAG, MlflowCallback
+
+    run_id = runs.start_run(client, runs.experiment_name("synthetic-cb"), "train-cb")
+    calls = []
+    real_log_batch = client.log_batch
+
+    class Counting:  # counts the database writes the callback makes
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def log_batch(self, *a, **kw):
+            calls.append(kw.get("metrics"))
+            return real_log_batch(*a, **kw)
+
+    cb = MlflowCallback(Counting(), run_id, prefix="train/", flush_every=10, flush_seconds=3600)
+    for step in range(1, 5):  # 2 metrics x 4 steps = 8 points < 10: nothing written yet
+        cb.on_step(step, {"loss": 1.0 / step, "grad_norm": 0.5})
+    assert calls == []
+    cb.on_step(5, {"loss": 0.2, "grad_norm": 0.5})  # 10 points: one batch
+    assert len(calls) == 1 and len(calls[0]) == 10
+    cb.on_step(6, {"loss": 0.1, "grad_norm": 0.5})
+    sample = tmp_path / "step_000006.gif"
+    sample.write_bytes(b"GIF89a")
+    cb.on_sample(6, [sample, tmp_path / "missing.mp4"])  # flushes first; a missing file only warns
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    cb.on_checkpoint(6, ckpt)
+    cb.close()
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [a.path for a in client.list_artifacts(run_id, "samples/step_000006")] == \
+        ["samples/step_000006/step_000006.gif"]
+    tags = client.get_run(run_id).data.tags
+    assert tags[CHECKPOINT_TAG] == str(ckpt.resolve()) and tags["dvdm.checkpoint_step"] == "6"
+
+    # resumed training re-reports steps 5..8 after a checkpoint at 4: the logged ones are skipped
+    with MlflowCallback(client, run_id, prefix="train/") as resumed:
+        for step in range(5, 9):
+            resumed.on_step(step, {"loss": 0.05, "grad_norm": 0.5})
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_callback_survives_tracking_failures(client, tmp_path):
+    from dvdm.tracking.callback import MlflowCallback
+
+    run_id = runs.start_run(client, runs.experiment_name("synthetic-cb"), "train-broken")
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def log_batch(self, *a, **kw):
+            raise RuntimeError("database is locked")
+
+    cb = MlflowCallback(Broken(), run_id, flush_every=1)
+    cb.on_step(1, {"loss": 1.0})  # warns, keeps the point for later
+    assert len(cb._buffer) == 1
+    cb.client = client
+    cb.close()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1]
+
+
+def test_callback_with_the_real_trainer(client, tmp_path):
+    import torch
+
+    from dvdm.tracking.callback import MlflowCallback
+    from dvdm.train.trainer import TrainConfig, Trainer
+
+    run_id = runs.start_run(client, runs.experiment_name("synthetic-cb"), "train-real")
+    model = torch.nn.Linear(2, 1)
+
+    def loss_fn(m, batch, gen):
+        return {"loss": ((m(batch["x"]) - batch["y"]) ** 2).mean()}
+
+    data = {"x": torch.randn(8, 2), "y": torch.randn(8, 1)}
+    with MlflowCallback(client, run_id) as cb:
+        Trainer(model, loss_fn, data, TrainConfig(steps=4, batch_size=4, log_every=2, device="cpu"),
+                tmp_path / "out", kind="test", callbacks=[cb]).fit()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 4]
+    assert "dvdm.checkpoint" in client.get_run(run_id).data.tags
