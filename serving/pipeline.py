@@ -1,0 +1,262 @@
+"""`OrtVideoPipeline`: first frame + prompt -> video from an export folder, with numpy and onnxruntime only.
+
+    pipe = OrtVideoPipeline.from_export("models/export")          # verifies every file's sha256
+    video = pipe.generate(image, "a red circle moves up", steps=25, guidance=1.0, seed=0)  # (T, H, W, 3)
+
+The same computation as the torch `dvdm.pipeline.VideoPipeline`: the image is scaled to [-1, 1] (NCHW) and
+encoded once per request by the `image_encoder` graph; the prompt by the `text_encoder` graph; DDIM runs in
+numpy and calls the `denoiser` graph once per step (on a doubled batch, conditional then unconditional
+with the learned null-text embedding, when classifier-free guidance is on); the target is denormalised
+and decoded as the manifest's `decode` block says (`serving.decode`).
+
+Noise: sample i starts from `np.random.default_rng(seeds[i])` standard normal noise of the target shape
+(and, with eta > 0, draws its per-step noise from `default_rng([seeds[i], 1])`), so a seed reproduces its
+video whatever else is in the batch. This is *not* the torch pipeline's noise
+for the same seed (torch's CPU generator is not reproduced in numpy); pass `noise=` to start from given
+noise (the export's parity check passes torch's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.decode import check_spec, decode_target
+from serving.errors import InvalidRequest, ManifestError
+from serving.manifest import load_manifest
+from serving.runtime import ProviderChoice, choose_provider, create_session
+from serving.sampler import DDIM, check_guidance, guide
+
+log = logging.getLogger("serving.pipeline")
+
+RESIZE_POLICIES = ("short_side_center_crop", "stretch")
+
+
+class OrtVideoPipeline:
+    """Inference from an export folder. Thread-safe: sessions are shared, per-call state is local."""
+
+    def __init__(self, export_dir: Path, manifest: dict[str, Any], sessions: dict[str, Any],
+                 choice: ProviderChoice, text_encoder: Any = None) -> None:
+        self.export_dir = export_dir
+        self.manifest = manifest
+        self.sessions = sessions
+        self.choice = choice
+        self.text_encoder = text_encoder
+        clip = manifest["clip"]
+        self.frames, self.height, self.width = int(clip["frames"]), int(clip["height"]), int(clip["width"])
+        self.target_shape = tuple(int(v) for v in manifest["target_shape"])
+        norm = manifest["normalization"]
+        shape = (1, len(norm["mean"]), 1, 1, 1)
+        self._mean = np.asarray(norm["mean"], np.float64).astype(np.float32).reshape(shape)
+        self._std = np.asarray(norm["std"], np.float64).astype(np.float32).reshape(shape)
+        if len(norm["mean"]) != self.target_shape[0] or len(norm["std"]) != self.target_shape[0]:
+            raise ManifestError(f"{export_dir}: normalization has {len(norm['mean'])} channels, the target "
+                                f"{self.target_shape[0]}")
+        diffusion = manifest["diffusion"]
+        self.ddim = DDIM(diffusion["alphas_cumprod"], diffusion["prediction"])
+        self.defaults = dict(manifest["sampler"])
+        self.image = manifest["image"]
+        if self.image.get("resize") not in RESIZE_POLICIES:
+            raise ManifestError(f"{export_dir}: image.resize must be one of {RESIZE_POLICIES}")
+        self.decode_spec = manifest["decode"]
+        check_spec(self.decode_spec)
+        text = manifest["text"]
+        self._null_text = None if text is None else np.asarray(text["null_embedding"], np.float32)[None]
+        self.last_seconds = 0.0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_export(cls, export_dir: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
+                    verify: bool = True, choice: ProviderChoice | None = None) -> OrtVideoPipeline:
+        """Load an export folder: check the manifest and every file's sha256 (refusing a tampered folder
+        with ExportIntegrityError), pick the provider (`auto`: CUDA if it really works, else CPU) and open
+        one session per graph. `threads`: intra-op threads per session (None: onnxruntime's default)."""
+        root = Path(export_dir)
+        manifest = load_manifest(root, verify=verify)
+        choice = choice or choose_provider(provider)
+        sessions = {name: create_session(root / spec["file"], choice, threads)
+                    for name, spec in manifest["graphs"].items()}
+        for required in ("denoiser", "image_encoder"):
+            if required not in sessions:
+                raise ManifestError(f"{root}: manifest has no {required} graph")
+        wanted = {"x_t", "t", "image_features"} | ({"text"} if manifest["text"] is not None else set())
+        found = {i.name for i in sessions["denoiser"].get_inputs()}
+        if found != wanted:
+            raise ManifestError(f"{root}: the denoiser graph takes {sorted(found)}, this serving expects "
+                                f"{sorted(wanted)} for a manifest of format version {manifest['format_version']}")
+        text_encoder = None
+        if manifest["text"] is not None:
+            from serving.text import OrtTextEncoder
+
+            if "text_encoder" not in sessions:
+                raise ManifestError(f"{root}: the model is text-conditioned but the export has no text_encoder")
+            text_encoder = OrtTextEncoder(root / manifest["text"]["tokenizer"], sessions["text_encoder"],
+                                          manifest["text"])
+        pipe = cls(root, manifest, sessions, choice, text_encoder)
+        log.info("serving: loaded %s (%s, %s) on %s", root, manifest["space"]["name"],
+                 "x".join(map(str, (pipe.frames, pipe.height, pipe.width))), choice.provider)
+        return pipe
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def provider(self) -> str:
+        return self.choice.provider
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.ddim.num_timesteps
+
+    def info(self) -> dict[str, Any]:
+        """What a client may want to know about the loaded model (for /v1/model)."""
+        m = self.manifest
+        return {"space": m["space"]["name"], "frames": self.frames, "height": self.height, "width": self.width,
+                "text": self.has_text, "num_timesteps": self.num_timesteps, "sampler": self.defaults,
+                "provider": self.provider, "provider_reason": self.choice.reason, "source": m.get("source"),
+                "dvdm_version": m.get("dvdm_version"), "exported_at": m.get("exported_at")}
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """Any uint8 (H, W, 3) image -> the model's size, as the CLI's `dvdm sample` does it."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+            raise InvalidRequest(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if image.shape[:2] == (self.height, self.width):
+            return image
+        from dvdm.video.transforms import resize, resize_short_side_and_center_crop
+
+        mode = self.image.get("resize_mode", "area")
+        if self.image["resize"] == "short_side_center_crop":
+            if self.height != self.width:
+                raise ManifestError("image.resize short_side_center_crop needs a square model size")
+            return resize_short_side_and_center_crop(image[None], self.height, mode=mode)[0]
+        return resize(image[None], self.height, self.width, mode=mode)[0]
+
+    def _check_frames(self, first_frames: np.ndarray) -> np.ndarray:
+        first_frames = np.asarray(first_frames)
+        want = (self.height, self.width, 3)
+        if first_frames.dtype != np.uint8 or first_frames.ndim != 4 or first_frames.shape[1:] != want \
+                or len(first_frames) < 1:
+            raise InvalidRequest(f"first frames must be uint8 (B, {', '.join(map(str, want))}), got "
+                                 f"{first_frames.dtype} {first_frames.shape}; use preprocess() for other sizes")
+        return first_frames
+
+    def image_tensor(self, first_frames: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) -> float32 (B, 3, H, W): x / divide - subtract (to [-1, 1]), as the manifest says."""
+        x = first_frames.transpose(0, 3, 1, 2).astype(np.float32)
+        return x / np.float32(self.image["divide"]) - np.float32(self.image["subtract"])
+
+    def encode_image(self, first_frames: np.ndarray) -> np.ndarray:
+        session = self.sessions["image_encoder"]
+        return session.run(None, {session.get_inputs()[0].name: self.image_tensor(first_frames)})[0]
+
+    def encode_text(self, prompts: Sequence[str]) -> np.ndarray | None:
+        if self.text_encoder is None:
+            return None
+        return self.text_encoder.encode(prompts)
+
+    # ------------------------------------------------------------------ sampling
+    def initial_noise(self, seeds: Sequence[int]) -> np.ndarray:
+        """Standard normal x_{T-1} (B, *target_shape), sample i from `default_rng(seeds[i])`."""
+        return np.stack([np.random.default_rng(int(s)).standard_normal(self.target_shape, dtype=np.float32)
+                         for s in seeds])
+
+    def _denoiser(self, features: np.ndarray, text: np.ndarray | None, guidance: float
+                  ) -> Callable[[np.ndarray, int], np.ndarray]:
+        session = self.sessions["denoiser"]
+        b = len(features)
+        if text is None:
+            def run(x, t):
+                return session.run(None, {"x_t": x, "t": np.full(len(x), t, np.int64), "image_features": features})[0]
+            return run
+        null = np.repeat(self._null_text, b, axis=0)
+        if guidance == 1.0:
+            feeds_text, doubled = text, False
+        elif guidance == 0.0:
+            feeds_text, doubled = null, False
+        else:
+            feeds_text, doubled = np.concatenate([text, null]), True
+        feats = np.concatenate([features, features]) if doubled else features
+
+        def run_text(x, t):
+            xx = np.concatenate([x, x]) if doubled else x
+            out = session.run(None, {"x_t": xx, "t": np.full(len(xx), t, np.int64), "image_features": feats,
+                                     "text": feeds_text})[0]
+            if not doubled:
+                return out
+            return guide(out[:b], out[b:], guidance)
+        return run_text
+
+    def sample_targets(self, first_frames: np.ndarray, prompts: Sequence[str] | None = None, *,
+                       steps: int | None = None, guidance: float | None = None, eta: float | None = None,
+                       seeds: Sequence[int] | None = None, noise: np.ndarray | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Normalised targets (B, *target_shape) for uint8 first frames (B, H, W, 3) at the model's size."""
+        first_frames = self._check_frames(first_frames)
+        b = len(first_frames)
+        steps = int(self.defaults["steps"]) if steps is None else steps
+        guidance = check_guidance(self.defaults["guidance"] if guidance is None else guidance)
+        eta = float(self.defaults["eta"]) if eta is None else eta
+        seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != b:
+            raise InvalidRequest(f"{len(seeds)} seeds for {b} samples")
+        if prompts is not None and len(prompts) != b:
+            raise InvalidRequest(f"{len(prompts)} prompts for {b} samples")
+        shape = (b, *self.target_shape)
+        if noise is None:
+            noise = self.initial_noise(seeds)
+        elif tuple(noise.shape) != shape:
+            raise InvalidRequest(f"noise shape {tuple(noise.shape)} != {shape}")
+        text = self.encode_text(list(prompts) if prompts is not None else [""] * b)
+        features = self.encode_image(first_frames)
+        rngs = [np.random.default_rng([int(s), 1]) for s in seeds] if eta and eta > 0 else None
+        return self.ddim.sample(self._denoiser(features, text, guidance), noise, steps, eta, rngs, progress)
+
+    # ------------------------------------------------------------------ decoding
+    def _residual_decoder(self, latent: np.ndarray) -> np.ndarray:
+        session = self.sessions[self.decode_spec["residual"]["graph"]]
+        return session.run(None, {session.get_inputs()[0].name: latent.astype(np.float32, copy=False)})[0]
+
+    def denormalize(self, targets: np.ndarray) -> np.ndarray:
+        return (targets.astype(np.float32, copy=False) * self._std + self._mean).astype(np.float32, copy=False)
+
+    def decode(self, targets: np.ndarray, first_frames: np.ndarray) -> np.ndarray:
+        """Normalised targets (B, ...) + uint8 first frames -> uint8 videos (B, T, H, W, 3)."""
+        raw = self.denormalize(targets)
+        residual = self._residual_decoder if self.decode_spec["method"] == "motion_residual" else None
+        return np.stack([decode_target(self.decode_spec, raw[i], first_frames[i], residual)
+                         for i in range(len(first_frames))])
+
+    def __call__(self, first_frames: np.ndarray, prompts: Sequence[str] | None = None, *, steps: int | None = None,
+                 guidance: float | None = None, eta: float | None = None, seeds: Sequence[int] | None = None,
+                 noise: np.ndarray | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """uint8 first frames (B, H, W, 3) at the model's size -> uint8 videos (B, T, H, W, 3)."""
+        started = time.perf_counter()
+        targets = self.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, eta=eta, seeds=seeds,
+                                      noise=noise, progress=progress)
+        videos = self.decode(targets, first_frames)
+        self.last_seconds = time.perf_counter() - started
+        return videos
+
+    def generate(self, image: np.ndarray, prompt: str = "", *, steps: int | None = None,
+                 guidance: float | None = None, eta: float | None = None, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """One request: any-size uint8 image (H, W, 3) + prompt -> uint8 video (T, H, W, 3) at the model's
+        size (the image is resized/cropped as `preprocess` says)."""
+        if not isinstance(prompt, str):
+            raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
+            raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        frame = self.preprocess(image)
+        return self(frame[None], [prompt], steps=steps, guidance=guidance, eta=eta, seeds=[int(seed)],
+                    progress=progress)[0]
