@@ -257,6 +257,28 @@ def fvd(
         typer.echo(f"note: {note}", err=True)
 
 
+@app.command("export")
+def export_(
+    model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")]
+    = Path("models/diffusion"),
+    out: Annotated[Path, typer.Option("--out", help="Export folder (ONNX graphs + manifest.json), atomic.")]
+    = Path("models/export"),
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Write the parity report here (DVC).")]
+    = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Export a trained model to ONNX for serving, with a parity check against torch."""
+    from dvdm.config import section
+    from dvdm.export import export_model
+
+    cfg = section(_params_path(params), "export", list(set_ or []))
+    r = export_model(model, out, weights=cfg.weights, opset=cfg.opset, steps=cfg.steps, guidance=cfg.guidance,
+                     eta=cfg.eta, parity_steps=cfg.parity_steps, min_psnr=cfg.min_psnr, parity_json=metrics)
+    typer.echo(f"exported {r.manifest['space']['name']} model -> {out} ({len(r.files)} files) in {r.seconds:.0f}s; "
+               f"end-to-end ONNX vs torch PSNR {r.parity['end_to_end']['psnr_db']:.1f} dB")
+
+
 @app.command()
 def sample(
     model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")],
@@ -302,26 +324,111 @@ def sample(
                f"guidance {guidance}, seed {seed}) in {pipe.last_seconds:.2f}s")
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def _apply_preset(project: Path, preset: str | None) -> None:
+    """`--preset NAME`: params.yaml becomes presets/NAME.yaml (what DVC and every stage read)."""
+    if preset is None:
+        return
+    from dvdm.errors import ConfigError
+    from dvdm.utils.atomic import atomic_path
+
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    if preset not in names:
+        raise ConfigError(f"--preset {preset!r}: unknown; choose one of {', '.join(names)}")
+    target = project / "params.yaml"
+    text = (PRESETS / f"{preset}.yaml").read_text()
+    if not target.is_file() or target.read_text() != text:
+        with atomic_path(target) as tmp:
+            tmp.write_text(text)
+        typer.echo(f"params.yaml set to preset {preset}", err=True)
+
+
+ProjectOpt = Annotated[Path, typer.Option("--project", help="Project root (holds dvc.yaml and params.yaml).")]
+
+
 @app.command()
 def pipeline(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where stage outputs go.")] = Path("work"),
-    params: ParamsOpt = None,
+    project: ProjectOpt = Path("."),
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", help="Write params.yaml from a named preset first (tiny = the CPU default).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun stages DVC finds up to date.")] = False,
+    register: Annotated[bool, typer.Option("--register/--no-register",
+                                           help="Register the model and run the promotion gate.")] = True,
+    stage: Annotated[Optional[list[str]], typer.Option("--stage", help="Run only these stages (repeatable).")]
+    = None,
 ) -> None:
-    """The main job: run the stages in order on the configured data (synthetic by default) and summarise."""
-    from dvdm.config import section
-    from dvdm.stages.decompose import run_decompose
-    from dvdm.stages.ingest import run_ingest
+    """The main job: every stage as a Prefect flow with DVC skipping and MLflow tracking, then register/promote."""
+    _apply_preset(project, preset)
+    from flows.pipeline import pipeline as pipeline_flow  # Prefect lives in flows/, imported only here
 
-    p = _params_path(params)
-    started = time.perf_counter()
-    ingested, decomposed = workdir / "data" / "ingested", workdir / "data" / "decomposed"
-    summary = run_ingest(section(p, "ingest"), ingested)
-    typer.echo(f"[ingest]    {summary['clips']} clips from {summary['source']} "
-               f"({', '.join(f'{k} {v}' for k, v in summary['splits'].items())}) -> {ingested}")
-    stats = run_decompose(section(p, "decompose"), ingested, decomposed)
-    typer.echo("[decompose] ", nl=False)
-    _print_decompose_summary(stats, decomposed)
-    typer.echo(f"pipeline finished in {time.perf_counter() - started:.1f}s; outputs under {workdir}")
+    r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
+    for s in r["stages"]:
+        state = "up to date, skipped" if s["skipped"] else f"ran in {s['seconds']}s"
+        typer.echo(f"[{s['stage']:15s}] {state}")
+    typer.echo(f"MLflow run {r['mlflow_run_id']} ({r['tracking_uri']})")
+    if r.get("model_version"):
+        typer.echo(f"registered {r['model_name']} version {r['model_version']} "
+                   f"(aliases: {', '.join(r['aliases']) or 'none'}); gate: {r['promotion']['reason']}")
+    if r.get("sample_video"):
+        typer.echo(f"sample video: {r['sample_video']}")
+    typer.echo(f"pipeline finished in {r['seconds']:.1f}s")
+
+
+@app.command()
+def retrain(
+    project: ProjectOpt = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Retrain even when the data did not change.")] = False,
+) -> None:
+    """Retrain when the data changed (DVC hashes), register a challenger, run the promotion gate."""
+    from flows.retrain import retrain as retrain_flow
+
+    r = retrain_flow(project=str(project), force=force)
+    typer.echo(("retrained: " if r["retrained"] else "not retrained: ") + r["reason"])
+    if r.get("model_version"):
+        typer.echo(f"registered {r['model_name']} version {r['model_version']} "
+                   f"(aliases: {', '.join(r['aliases']) or 'none'}); gate: {r['promotion']['reason']}")
+
+
+@app.command()
+def promote(
+    project: ProjectOpt = Path("."),
+    version: Annotated[str, typer.Option("--version", help="Version number or alias to judge.")] = "challenger",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Gate metric (default: params promote).")]
+    = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", help="min or max.")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Required improvement.")] = None,
+) -> None:
+    """Run the promotion gate: the version becomes `champion` only if it beats the current champion."""
+    from flows.promote import promote as promote_flow
+
+    r = promote_flow(project=str(project), version=version, metric=metric, direction=direction, margin=margin)
+    typer.echo(f"version {r['version']}: {'promoted to champion' if r['promote'] else 'not promoted'} ({r['reason']})")
+
+
+@app.command()
+def models(
+    project: ProjectOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "dvdm",
+) -> None:
+    """Registered model versions with their aliases and key metrics."""
+    import os
+
+    from dvdm.tracking.registry import list_versions
+    from dvdm.tracking.store import open_client
+
+    client = open_client(work=os.environ.get("DVDM_WORK_DIR") or project / "work")
+    rows = list_versions(client, name)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no registered versions of {name!r} yet (run `dvdm pipeline`)")
+    for r in rows:
+        m = ", ".join(f"{k} {v:.4g}" for k, v in (r.get("metrics") or {}).items() if isinstance(v, (int, float)))
+        typer.echo(f"{name} v{r['version']:<4} {','.join(r['aliases']) or '-':22s} {r['created'] or ''}  {m}")
 
 
 @app.command()

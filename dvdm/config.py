@@ -127,8 +127,32 @@ class EvaluateParams:
     device: str = "auto"
 
 
+@dataclass
+class ExportParams:
+    """ONNX export for serving (stage export): graphs + manifest + parity report."""
+
+    weights: str = "ema"             # ema | model
+    opset: int = 17
+    steps: int = 25                  # sampler defaults written into the manifest
+    guidance: float = 1.0
+    eta: float = 0.0
+    parity_steps: int = 8            # end-to-end ORT vs torch check
+    min_psnr: float = 40.0           # the export fails below this end-to-end PSNR
+
+
+@dataclass
+class PromoteParams:
+    """The promotion gate: a challenger becomes champion only when it beats the champion on `metric`."""
+
+    metric: str = "fvd"              # a key of the evaluate stage's metrics.json
+    direction: str = "min"           # min: lower is better (FVD); max: higher is better (PSNR, accuracy)
+    margin: float = 0.0              # required improvement (absolute, or a fraction when relative)
+    relative: bool = False
+
+
 SECTIONS = {"ingest": IngestParams, "decompose": DecomposeParams, "train_ae": TrainAEParams,
-            "train": TrainParams, "evaluate": EvaluateParams}
+            "train": TrainParams, "evaluate": EvaluateParams,
+            "export": ExportParams, "promote": PromoteParams}
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:

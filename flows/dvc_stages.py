@@ -85,7 +85,12 @@ def is_dvc_project(project: Path) -> bool:
 
 def _repo(project: Path):
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    import logging
+
     from dvc.repo import Repo
+
+    # DVC's INFO lines ("Updating lock file") would print twice: once by DVC, once through Prefect's handler
+    logging.getLogger("dvc").setLevel(logging.WARNING)
 
     return Repo(str(project))
 
@@ -106,6 +111,10 @@ def commit_stage(project: Path, stage: Stage) -> None:
         return
     with dvc_lock(project), _repo(project) as repo:
         repo.commit(stage.name, force=True)
+        # `dvc repro` also keeps cached outputs out of git (.gitignore next to them); commit alone does not
+        for s in repo.stage.collect(stage.name):
+            with repo.scm_context:
+                s.ignore_outs()
 
 
 def data_hash(project: Path, stage_name: str = "ingest") -> str | None:

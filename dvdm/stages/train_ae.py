@@ -52,7 +52,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean SSIM over frames of two uint8 clips (T, H, W, 3) (torchmetrics, data range 255)."""
-    from torchmetrics.functional import structural_similarity_index_measure as ssim
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     x = torch.from_numpy(a).permute(0, 3, 1, 2).double()
     y = torch.from_numpy(b).permute(0, 3, 1, 2).double()

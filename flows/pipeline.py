@@ -1,0 +1,89 @@
+"""Flow `dvdm-pipeline`: every `dvc.yaml` stage in order, tracked in MLflow, then register + promote.
+
+- each stage is a task with retries; DVC decides what is up to date (a rerun after a crash resumes at the
+  stage that failed, finished stages are skipped) and `dvc commit` records what ran;
+- one MLflow parent run per flow run and a child run per stage, addressed by explicit run ids; a retried
+  task reuses its child run (looked up by key), so retries never duplicate or orphan runs;
+- when an `export` stage exists, its folder becomes a new version of the registered model with alias
+  `challenger`, and the promotion gate decides whether it also becomes `champion`;
+- a markdown summary artifact (metrics, sample paths, model version) shows in the Prefect UI.
+
+Tasks exchange paths, names, run ids and metric dicts only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from flows.environment import configure
+
+configure()
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from flows import tracking_tasks  # noqa: E402
+from flows.dvc_stages import data_hash, read_stages  # noqa: E402
+from flows.stage_task import run_stage  # noqa: E402
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# dvdm pipeline ({result['seconds']:.0f} s)", "", "| stage | ran | seconds | key metrics |",
+             "|---|---|---|---|"]
+    for s in result["stages"]:
+        keys = [k for k in ("clips", "roundtrip_max_abs_error", "residual_psnr", "reconstruction_psnr", "val_loss",
+                            "fvd", "psnr", "ssim", "motion_accuracy", "parity.end_to_end_psnr")
+                if k in s["metrics"]]
+        shown = ", ".join(f"{k} {s['metrics'][k]:.4g}" for k in keys)
+        lines.append(f"| {s['stage']} | {'skipped (up to date)' if s['skipped'] else 'yes'} | {s['seconds']} | "
+                     f"{shown} |")
+    lines.append("")
+    if result.get("model_version"):
+        lines.append(f"Registered model `{result['model_name']}` version **{result['model_version']}** "
+                     f"(aliases: {', '.join(result.get('aliases') or []) or 'none'}).")
+        if result.get("promotion"):
+            lines.append(f"Promotion gate: {result['promotion'].get('reason')}")
+    if result.get("sample_video"):
+        lines.append(f"Sample video: `{result['sample_video']}`")
+    if result.get("mlflow_run_id"):
+        lines.append(f"MLflow parent run: `{result['mlflow_run_id']}` ({result.get('tracking_uri')})")
+    return "\n".join(lines)
+
+
+@flow(name="dvdm-pipeline", log_prints=True)
+def pipeline(project: str = ".", force: bool = False, register_model: bool = True, stages: list[str] | None = None,
+             model_name: str = "dvdm") -> dict[str, Any]:
+    """Run the DVC stages of `project` in order (all, or `stages`), track them, register and promote."""
+    logger = get_run_logger()
+    root = Path(project).resolve()
+    started = time.perf_counter()
+    all_stages = read_stages(root)
+    names = list(stages) if stages else list(all_stages)
+    unknown = [n for n in names if n not in all_stages]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {list(all_stages)}")
+    key = f"pipeline-{flow_run.get_id() or 'local'}"
+    parent = tracking_tasks.start_pipeline_run(str(root), key)
+    results = []
+    try:
+        for name in names:
+            res = run_stage(str(root), name, force=force)
+            tracking_tasks.log_stage(str(root), parent, res)
+            results.append(res)
+        out: dict[str, Any] = {"stages": results, "mlflow_run_id": parent["run_id"],
+                               "tracking_uri": parent["tracking_uri"], "data_hash": data_hash(root)}
+        if register_model and "export" in all_stages and "export" in names:
+            out.update(tracking_tasks.register_and_promote(str(root), parent, model_name))
+        out["sample_video"] = tracking_tasks.sample_video(str(root))
+        out["seconds"] = round(time.perf_counter() - started, 1)
+        tracking_tasks.finish_pipeline_run(parent, "FINISHED", out, str(root))
+    except BaseException:
+        tracking_tasks.finish_pipeline_run(parent, "FAILED", None, str(root))
+        raise
+    create_markdown_artifact(key="dvdm-pipeline-summary", markdown=summary_markdown(out),
+                             description="dvdm pipeline summary")
+    logger.info("pipeline finished in %.1fs", out["seconds"])
+    return out

@@ -1,0 +1,39 @@
+"""Flow `dvdm-promote`: run the promotion gate on a registered version (default: the `challenger`).
+
+The gate (params.yaml section `promote`: metric, direction, margin) compares the version's evaluation
+metrics with the champion's; only a win moves the `champion` alias, and the decision is recorded as tags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flows.environment import configure
+
+configure()
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from dvdm.config import section  # noqa: E402
+from dvdm.tracking import registry  # noqa: E402
+from dvdm.tracking.promotion import Gate, promote as run_gate  # noqa: E402
+from flows.tracking_tasks import client_for  # noqa: E402
+
+
+def gate_from_params(project: Path, metric: str | None = None, direction: str | None = None,
+                     margin: float | None = None) -> Gate:
+    p = section(project / "params.yaml" if (project / "params.yaml").is_file() else None, "promote")
+    return Gate(metric=metric or p.metric, direction=direction or p.direction,
+                margin=p.margin if margin is None else margin, relative=p.relative)
+
+
+@flow(name="dvdm-promote", log_prints=True)
+def promote(project: str = ".", version: str = registry.CHALLENGER, model_name: str = registry.MODEL_NAME,
+            metric: str | None = None, direction: str | None = None, margin: float | None = None) -> dict[str, Any]:
+    root = Path(project).resolve()
+    client = client_for(root)
+    mv = registry.get_version(client, version, model_name)
+    decision = run_gate(client, mv.version, gate_from_params(root, metric, direction, margin), name=model_name)
+    get_run_logger().info("version %s: %s", mv.version, decision.reason)
+    return {"model_name": model_name, "version": str(mv.version), **decision.to_dict()}

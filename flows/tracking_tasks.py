@@ -1,0 +1,160 @@
+"""MLflow for the flows: the parent run, a child run per stage, registration and the promotion gate.
+
+Thin Prefect tasks over `dvdm.tracking` (which knows nothing of Prefect). Runs are addressed by explicit ids
+and found again by key on a retry, so a retried task neither duplicates nor orphans a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dvdm.config import PromoteParams, section
+from dvdm.tracking import registry, runs
+from dvdm.tracking.model_card import write_model_card
+from dvdm.tracking.promotion import Gate, promote
+from dvdm.tracking.store import open_client, resolve_tracking_uri
+from flows.dvc_stages import data_hash, read_stages
+
+
+def work_dir(project: str | Path) -> Path:
+    return Path(os.environ.get("DVDM_WORK_DIR") or Path(project) / "work")
+
+
+def client_for(project: str | Path):
+    return open_client(work=work_dir(project))
+
+
+def project_params(project: str | Path) -> dict[str, Any]:
+    path = Path(project) / "params.yaml"
+    return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
+
+
+def _dataset(params: dict[str, Any]) -> str:
+    return str((params.get("ingest") or {}).get("source") or "synthetic")
+
+
+@task(name="mlflow-start", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def start_pipeline_run(project: str, key: str) -> dict[str, Any]:
+    client = client_for(project)
+    params = project_params(project)
+    experiment = runs.experiment_name(_dataset(params))
+    tags = runs.provenance_tags(project, space=(params.get("train") or {}).get("space"))
+    run_id = runs.start_run(client, experiment, key, name="pipeline", tags={**tags, "dvdm.kind": "pipeline"})
+    runs.log_config(client, run_id, params, artifact_file="params.json")
+    return {"run_id": run_id, "experiment": experiment, "tracking_uri": resolve_tracking_uri(work=work_dir(project))}
+
+
+def _curve(path: Path) -> list[tuple[int, dict[str, float]]]:
+    """(step, metrics) of a trainer's metrics.jsonl."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            step = int(rec.pop("step", 0))
+            out.append((step, {k: v for k, v in rec.items() if isinstance(v, (int, float))}))
+    return out
+
+
+@task(name="mlflow-stage", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_stage(project: str, parent: dict[str, Any], result: dict[str, Any]) -> str:
+    """A child run for one stage: its params section, metrics (curves per step), outputs as artifacts."""
+    client = client_for(project)
+    root = Path(project)
+    stage = read_stages(root)[result["stage"]]
+    with runs.tracked_run(client, result["stage"], parent_run_id=parent["run_id"], name=result["stage"],
+                          tags={"dvdm.stage": stage.name, "dvdm.skipped": str(result["skipped"]).lower()}) as rid:
+        params = project_params(root)
+        config = {p: params.get(p.replace("-", "_"), params.get(p)) for p in stage.params}
+        runs.log_config(client, rid, {k: v for k, v in config.items() if v is not None}, artifact_file="params.json")
+        runs.log_metrics(client, rid, {**result["metrics"], "stage_seconds": result["seconds"]})
+        for out in stage.outs:
+            path = root / out
+            if path.name == "metrics.jsonl" and path.is_file():
+                for step, values in _curve(path):
+                    runs.log_metrics(client, rid, values, step=step)
+        if not result["skipped"]:
+            # data folders stay in DVC; models, samples, reports and metrics go to MLflow
+            for out in list(stage.outs) + list(stage.metrics):
+                path = root / out
+                if path.exists() and not out.startswith("data/"):
+                    runs.log_artifacts(client, rid, path, artifact_path=str(Path(out).parent))
+    return rid
+
+
+def model_folder(root: Path) -> tuple[Path, str]:
+    """What a registered version carries: the ONNX export when the pipeline has one, else the checkpoint."""
+    stages = read_stages(root)
+    if "export" in stages and (root / stages["export"].outs[0]).is_dir():
+        return root / stages["export"].outs[0], "onnx-export"
+    return root / "models" / "diffusion" / "checkpoint", "torch-checkpoint"
+
+
+@task(name="register-and-promote", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def register_and_promote(project: str, parent: dict[str, Any], model_name: str = registry.MODEL_NAME) -> dict[str, Any]:
+    """New registered version (alias challenger) from this run; the gate decides about champion."""
+    client = client_for(project)
+    root = Path(project)
+    params = project_params(root)
+    folder, kind = model_folder(root)
+    evaluation = {}
+    metrics_file = root / "metrics" / "evaluate.json"
+    if metrics_file.is_file():
+        evaluation = json.loads(metrics_file.read_text())
+    staging = Path(tempfile.mkdtemp(prefix="dvdm-register-"))
+    try:
+        shutil.copytree(folder, staging / "model")
+        if (root / "reports" / "evaluate" / "report.md").is_file():
+            shutil.copy(root / "reports" / "evaluate" / "report.md", staging / "model" / "evaluation.md")
+        (staging / "model" / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        train = params.get("train") or {}
+        write_model_card(staging / "model" / "MODEL_CARD.md", name=model_name,
+                         model={"space": train.get("space"), "unet": train.get("unet"), "artifact": kind,
+                                "diffusion": train.get("diffusion")},
+                         data={"source": _dataset(params), "ingest": params.get("ingest"),
+                               "dvc_data_hash": data_hash(root)},
+                         training={"train": train, "train_ae": params.get("train_ae")},
+                         evaluation=evaluation)
+        registry.upload_model(client, parent["run_id"], staging / "model")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    tags = runs.provenance_tags(root, data_hash=data_hash(root), space=(params.get("train") or {}).get("space"))
+    mv = registry.register_version(client, parent["run_id"], name=model_name,
+                                   metrics={k: v for k, v in evaluation.items() if k != "params"},
+                                   tags={**tags, "dvdm.artifact": kind}, alias=registry.CHALLENGER)
+    gate_params: PromoteParams = section(root / "params.yaml" if (root / "params.yaml").is_file() else None,
+                                         "promote")
+    decision = promote(client, mv.version, Gate(metric=gate_params.metric, direction=gate_params.direction,
+                                                margin=gate_params.margin, relative=gate_params.relative),
+                       name=model_name)
+    current = client.get_model_version(model_name, str(mv.version))
+    runs.set_tags(client, parent["run_id"], {"dvdm.model_version": mv.version, "dvdm.promoted": decision.promote,
+                                             **tags})
+    return {"model_name": model_name, "model_version": str(mv.version), "aliases": list(current.aliases),
+            "promotion": decision.to_dict()}
+
+
+def sample_video(project: str) -> str | None:
+    grid = Path(project) / "reports" / "evaluate" / "grid.mp4"
+    return str(grid) if grid.is_file() else None
+
+
+@task(name="mlflow-finish", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def finish_pipeline_run(parent: dict[str, Any], status: str, result: dict[str, Any] | None,
+                        project: str = ".") -> None:
+    client = client_for(project)
+    if result is not None:
+        runs.log_metrics(client, parent["run_id"], {"pipeline_seconds": result.get("seconds", 0.0),
+                                                     "stages_run": sum(not s["skipped"] for s in result["stages"])})
+    if status == "FINISHED":
+        runs.end_run(client, parent["run_id"])
+    else:
+        runs.fail_run(client, parent["run_id"], "a pipeline stage failed")

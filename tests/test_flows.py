@@ -1,0 +1,148 @@
+"""The Prefect flows end to end on a tiny project: real Prefect (test server), real DVC, real MLflow (SQLite).
+
+Covers: every stage runs as a task and lands in MLflow as a child run; a second run skips what DVC finds up to
+date; registration + promotion (the first version becomes champion, an equal challenger does not); a stage
+that fails once is retried; a crash resumes at the failed stage without redoing finished ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect_home")
+    old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_env) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path_factory.mktemp("flow_project")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    for folder in ("dvdm", "serving"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"]["options"].update(num_train=4, num_val=2, num_test=2)
+    params["train_ae"].update(steps=2, batch_size=4, base_channels=8, eval_clips=1, log_every=1)
+    params["train"].update(steps=2, batch_size=2, sample_steps=2, log_every=1, text=False,
+                           unet={"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [False, False],
+                                 "attention_heads": 1, "attention_head_dim": 8})
+    params["evaluate"].update(max_clips=2, steps=2, batch_size=2, grid_clips=2, fvd=False)
+    params["export"].update(parity_steps=2)
+    params["promote"].update(metric="psnr", direction="max")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=repo, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, env=env, check=True)
+    return repo
+
+
+def _client(project: Path):
+    from flows.tracking_tasks import client_for
+
+    return client_for(project)
+
+
+@pytest.mark.slow
+def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
+    import flows.stage_task as stage_task
+    from flows.pipeline import pipeline
+
+    calls: list[str] = []
+    real_invoke = stage_task.invoke_cli
+
+    def flaky(argv):  # the decompose stage fails on its first attempt: the task must retry it
+        calls.append(argv[0])
+        if argv[0] == "decompose" and calls.count("decompose") == 1:
+            raise RuntimeError("injected fault")
+        return real_invoke(argv)
+
+    monkeypatch.setattr(stage_task, "invoke_cli", flaky)
+    first = pipeline(project=str(project))
+    assert [s["stage"] for s in first["stages"]] == ["ingest", "decompose", "train-ae", "train-diffusion",
+                                                      "evaluate", "export"]
+    assert not any(s["skipped"] for s in first["stages"])
+    assert calls.count("decompose") == 2          # failed once, retried, succeeded
+    assert first["model_version"] == "1" and "champion" in first["aliases"] and "challenger" in first["aliases"]
+    assert (project / "models" / "export" / "manifest.json").is_file()
+
+    client = _client(project)
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["dvdm.stage"] for r in children) == sorted(
+        ["ingest", "decompose", "train-ae", "train-diffusion", "evaluate", "export"])
+    assert all(r.info.status == "FINISHED" for r in children)   # the retried stage has one run, not two
+    train = next(r for r in children if r.data.tags["dvdm.stage"] == "train-diffusion")
+    assert "loss" in train.data.metrics and "train.steps" in train.data.params
+    from dvdm.tracking.registry import get_version
+
+    mv = get_version(client, "champion", "dvdm")
+    files = {a.path for a in client.list_artifacts(mv.run_id, "model")}
+    assert {"model/manifest.json", "model/MODEL_CARD.md", "model/evaluation.json"} <= files
+
+    # nothing changed: every stage is skipped; the new version ties the champion, so it is not promoted
+    calls.clear()
+    second = pipeline(project=str(project))
+    assert all(s["skipped"] for s in second["stages"]) and calls == []
+    assert second["model_version"] == "2" and second["aliases"] == ["challenger"]
+    assert second["promotion"]["promote"] is False
+    assert get_version(client, "champion", "dvdm").version in (1, "1")
+
+
+@pytest.mark.slow
+def test_crash_resumes_at_the_failed_stage(project, monkeypatch):
+    import flows.stage_task as stage_task
+    from flows.pipeline import pipeline
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["lr"] = 0.0003                 # invalidates train-diffusion and everything after it
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    real_invoke = stage_task.invoke_cli
+    calls: list[str] = []
+
+    def broken(argv):
+        calls.append(argv[0])
+        if argv[0] == "evaluate":
+            raise RuntimeError("injected crash")
+        return real_invoke(argv)
+
+    monkeypatch.setattr(stage_task, "invoke_cli", broken)
+    with pytest.raises(Exception, match="injected crash"):
+        pipeline(project=str(project), register_model=False)
+    assert calls.count("evaluate") == 3             # 1 try + 2 retries
+    assert "train" in calls and "ingest" not in calls
+
+    calls.clear()
+    monkeypatch.setattr(stage_task, "invoke_cli", lambda argv: (calls.append(argv[0]), real_invoke(argv))[1])
+    again = pipeline(project=str(project), register_model=False)
+    assert calls == ["evaluate", "export"]          # finished stages are not redone
+    assert [s["skipped"] for s in again["stages"]] == [True, True, True, True, False, False]
