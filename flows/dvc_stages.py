@@ -68,13 +68,17 @@ def read_stages(project: Path) -> dict[str, Stage]:
 
 @contextlib.contextmanager
 def dvc_lock(project: Path) -> Iterator[None]:
-    """Serialise DVC calls on one repository (threads of this process and other processes)."""
+    """Serialise DVC calls on one repository (threads of this process and other processes), run from its
+    root: DVC resolves output paths against the working directory."""
+    from flows.environment import working_directory
+
     lock_dir = Path(project) / ".dvc" / "tmp"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with _THREAD_LOCK, open(lock_dir / "dvdm-flow.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            with working_directory(Path(project)):
+                yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
