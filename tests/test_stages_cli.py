@@ -234,3 +234,12 @@ def test_cli_sample_with_a_trained_model(tiny_model, tmp_path):
     _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "broken.png", "--out", "c.mp4",
                              cwd=tmp_path), "broken.png")
     assert not (tmp_path / "c.mp4").exists()
+
+
+def test_tiny_preset_is_the_default_params(tmp_path):
+    """`dvdm pipeline --preset tiny` must give exactly the params.yaml the README's main job uses."""
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "dvdm" / "presets" / "tiny.yaml").read_text() == (root / "params.yaml").read_text()
+    _assert_clean_error(dvdm("pipeline", "--preset", "huge", "--project", str(tmp_path), cwd=tmp_path),
+                        "unknown", "tiny")
+    assert not (tmp_path / "params.yaml").exists()
