@@ -363,7 +363,12 @@ def pipeline(
     _apply_preset(project, preset)
     from flows.pipeline import pipeline as pipeline_flow  # Prefect lives in flows/, imported only here
 
-    r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # the heartbeat thread puts a 1 s floor under every flow run and matters only to a remote worker's
+    # server-side crash detection; one local CLI call does not need it
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
     for s in r["stages"]:
         state = "up to date, skipped" if s["skipped"] else f"ran in {s['seconds']}s"
         typer.echo(f"[{s['stage']:15s}] {state}")
@@ -429,6 +434,35 @@ def models(
     for r in rows:
         m = ", ".join(f"{k} {v:.4g}" for k, v in (r.get("metrics") or {}).items() if isinstance(v, (int, float)))
         typer.echo(f"{name} v{r['version']:<4} {','.join(r['aliases']) or '-':22s} {r['created'] or ''}  {m}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", help="models:/dvdm@champion (follows the alias), "
+                                                       "models:/dvdm/N, or an export folder.")]
+    = "models:/dvdm@champion",
+    host: Annotated[str, typer.Option("--host", help="Bind address (loopback by default: no authentication).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    provider: Annotated[Optional[str], typer.Option("--provider", help="auto, cuda or cpu (ONNX Runtime).")]
+    = None,
+    poll_interval: Annotated[Optional[float], typer.Option(
+        "--poll-interval", help="Seconds between registry alias checks (hot swap on promotion).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Serve the model over HTTP (ONNX Runtime only): POST /v1/generate, /healthz, /readyz, /v1/model, a web page."""
+    import os
+
+    from serving.server import serve as run_server
+    from serving.settings import ServeSettings
+
+    tracking = None
+    if model.startswith("models:/") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        from dvdm.tracking.store import resolve_tracking_uri
+
+        tracking = resolve_tracking_uri(work=os.environ.get("DVDM_WORK_DIR") or project / "work")
+    settings = ServeSettings.from_env(tracking_uri=tracking, provider=provider, poll_interval=poll_interval)
+    run_server(model, host, port, settings=settings)
 
 
 @app.command()

@@ -13,9 +13,13 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from flows.dvc_stages import Stage, commit_stage, read_stages, stage_up_to_date
 from flows.environment import working_directory
+
+
+RESUMABLE = ("train", "train-ae")  # commands with --resume (checkpoints every `checkpoint_every` steps)
 
 
 def read_stage_metrics(project: Path, stage: Stage) -> dict[str, float]:
@@ -55,9 +59,14 @@ def run_stage(project: str, stage_name: str, force: bool = False) -> dict[str, A
         logger.info("%s: up to date (dvc status), skipped", stage_name)
         return {"stage": stage_name, "skipped": True, "seconds": 0.0, "metrics": read_stage_metrics(root, stage),
                 "outs": list(stage.outs)}
+    argv = stage.argv()
+    if task_run.get_run_count() > 1 and argv[0] in RESUMABLE and "--resume" not in argv:
+        # a retry continues an interrupted training from its last checkpoint instead of starting over
+        argv.append("--resume")
+        logger.info("%s: retry %d resumes from the last checkpoint", stage_name, task_run.get_run_count() - 1)
     started = time.perf_counter()
     with working_directory(root):
-        invoke_cli(stage.argv())
+        invoke_cli(argv)
     commit_stage(root, stage)
     seconds = time.perf_counter() - started
     logger.info("%s: done in %.1fs", stage_name, seconds)

@@ -29,8 +29,15 @@ def work_dir(project: str | Path) -> Path:
     return Path(os.environ.get("DVDM_WORK_DIR") or Path(project) / "work")
 
 
+_CLIENTS: dict[str, Any] = {}
+
+
 def client_for(project: str | Path):
-    return open_client(work=work_dir(project))
+    """One MlflowClient per store for the process: opening a SQLite store checks its schema (~1 s)."""
+    uri = resolve_tracking_uri(work=work_dir(project))
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = open_client(work=work_dir(project))
+    return _CLIENTS[uri]
 
 
 def project_params(project: str | Path) -> dict[str, Any]:
@@ -82,11 +89,15 @@ def log_stage(project: str, parent: dict[str, Any], result: dict[str, Any]) -> s
                 for step, values in _curve(path):
                     runs.log_metrics(client, rid, values, step=step)
         if not result["skipped"]:
-            # data folders stay in DVC; models, samples, reports and metrics go to MLflow
+            # data folders stay in DVC; models, samples, reports and metrics go to MLflow. The ONNX export
+            # is uploaded once, with the registered version (register_and_promote), not twice.
             for out in list(stage.outs) + list(stage.metrics):
                 path = root / out
-                if path.exists() and not out.startswith("data/"):
-                    runs.log_artifacts(client, rid, path, artifact_path=str(Path(out).parent))
+                if not path.exists() or out.startswith("data/"):
+                    continue
+                if (path / "manifest.json").is_file():
+                    path = path / "manifest.json"
+                runs.log_artifacts(client, rid, path, artifact_path=str(Path(out).parent))
     return rid
 
 

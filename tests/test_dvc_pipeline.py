@@ -28,7 +28,8 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "dvdm", repo / "dvdm", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("dvdm", "serving"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["ingest"]["options"].update(num_train=4, num_val=2, num_test=2)
     params["train_ae"].update(steps=3, batch_size=4, base_channels=8, eval_clips=1, log_every=1)
@@ -36,6 +37,7 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
                            unet={"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [False, False],
                                  "attention_heads": 1, "attention_head_dim": 8})
     params["evaluate"].update(max_clips=2, steps=2, batch_size=2, grid_clips=2, fvd=False)
+    params["export"].update(parity_steps=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
@@ -44,7 +46,7 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     run(["git", "init", "-q"], repo, env)
     run(dvc + ["init", "-q"], repo, env)
     out = run(dvc + ["repro"], repo, env).stdout
-    for stage in ("ingest", "decompose", "train-ae", "train-diffusion", "evaluate"):
+    for stage in ("ingest", "decompose", "train-ae", "train-diffusion", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out, out
     assert (repo / "data" / "decomposed" / "stats.json").is_file()
     assert (repo / "models" / "diffusion" / "checkpoint" / "model.safetensors").is_file()

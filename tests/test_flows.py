@@ -78,10 +78,18 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
     calls: list[str] = []
     real_invoke = stage_task.invoke_cli
 
-    def flaky(argv):  # the decompose stage fails on its first attempt: the task must retry it
+    train_argvs: list[list[str]] = []
+
+    def flaky(argv):  # decompose fails on its first attempt; train crashes once after its checkpoint
         calls.append(argv[0])
         if argv[0] == "decompose" and calls.count("decompose") == 1:
             raise RuntimeError("injected fault")
+        if argv[0] == "train":
+            train_argvs.append(list(argv))
+            real_invoke(argv)
+            if len(train_argvs) == 1:
+                raise RuntimeError("injected crash after the checkpoint")
+            return None
         return real_invoke(argv)
 
     monkeypatch.setattr(stage_task, "invoke_cli", flaky)
@@ -90,6 +98,7 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
                                                       "evaluate", "export"]
     assert not any(s["skipped"] for s in first["stages"])
     assert calls.count("decompose") == 2          # failed once, retried, succeeded
+    assert "--resume" not in train_argvs[0] and "--resume" in train_argvs[1]   # the retry resumed
     assert first["model_version"] == "1" and "champion" in first["aliases"] and "challenger" in first["aliases"]
     assert (project / "models" / "export" / "manifest.json").is_file()
 
@@ -116,6 +125,22 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
     assert second["model_version"] == "2" and second["aliases"] == ["challenger"]
     assert second["promotion"]["promote"] is False
     assert get_version(client, "champion", "dvdm").version in (1, "1")
+
+    # the gate alone: a challenger whose recorded PSNR is better (as after a better training run) wins
+    from flows.promote import promote
+    from flows.retrain import retrain
+
+    psnr = float(client.get_model_version("dvdm", "2").tags["metric.psnr"])
+    client.set_model_version_tag("dvdm", "2", "metric.psnr", str(psnr + 1.0))
+    decision = promote(project=str(project), version="2")
+    assert decision["promote"] is True and get_version(client, "champion", "dvdm").version in (2, "2")
+    tags = client.get_model_version("dvdm", "2").tags
+    assert tags["previous_champion"] == "1" and "promoted_at" in tags
+
+    # the scheduled flow: data unchanged since the champion -> nothing is trained
+    calls.clear()
+    r = retrain(project=str(project))
+    assert r["retrained"] is False and "unchanged" in r["reason"] and calls == []
 
 
 @pytest.mark.slow
@@ -146,3 +171,23 @@ def test_crash_resumes_at_the_failed_stage(project, monkeypatch):
     again = pipeline(project=str(project), register_model=False)
     assert calls == ["evaluate", "export"]          # finished stages are not redone
     assert [s["skipped"] for s in again["stages"]] == [True, True, True, True, False, False]
+
+
+@pytest.mark.slow
+def test_cli_pipeline_and_models(project, tmp_path):
+    """The README's main-job command through the console entry point (its own temporary Prefect server)."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    r = subprocess.run([sys.executable, "-m", "dvdm", "pipeline", "--project", str(project), "--no-register"],
+                       capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[ingest         ] up to date, skipped" in r.stdout and "pipeline finished in" in r.stdout
+    assert "MLflow run " in r.stdout and "sample video: " in r.stdout
+    r = subprocess.run([sys.executable, "-m", "dvdm", "models", "--project", str(project), "--json"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    versions = json.loads(r.stdout)
+    assert [v["version"] for v in versions][:2] in (["2", "1"], [2, 1])
+    assert "champion" in versions[0]["aliases"]

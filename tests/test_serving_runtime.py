@@ -21,13 +21,17 @@ from serving.sampler import DDIM, linspace_torch, spaced_timesteps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING_MODULES = ("serving", "serving.errors", "serving.manifest", "serving.runtime", "serving.sampler",
-                   "serving.decode", "serving.text", "serving.pipeline")
+                   "serving.decode", "serving.text", "serving.pipeline", "serving.settings", "serving.model",
+                   "serving.app", "serving.server",
+                   # what serving.app / serving.model import on first use (registry access, video encoding)
+                   "dvdm.tracking.store", "dvdm.tracking.registry", "dvdm.video.writer", "uvicorn", "mlflow")
 
 
 def test_importing_serving_does_not_import_torch():
     code = ("import importlib, sys\n"
             f"for m in {SERVING_MODULES!r}: importlib.import_module(m)\n"
             "import serving; serving.OrtVideoPipeline; serving.choose_provider\n"
+            "from serving.app import create_app; create_app('models:/dvdm@champion')\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

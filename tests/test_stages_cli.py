@@ -91,15 +91,6 @@ def test_failed_stage_leaves_previous_output_untouched(ingested, tmp_path):
 
 
 # -- the CLI as users run it ------------------------------------------------------------------------------
-def test_cli_pipeline_main_job(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"ingest": {"options": TINY}, "decompose": {"block": 0}}))
-    r = dvdm("pipeline", "--workdir", str(tmp_path / "work"), "--params", str(params), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "[ingest]    10 clips from synthetic" in r.stdout and "round trip max error 0" in r.stdout
-    assert (tmp_path / "work" / "data" / "decomposed" / "stats.json").is_file()
-
-
 def test_cli_inspect_json_and_pictures(tmp_path):
     from dvdm.video import write_mp4
 

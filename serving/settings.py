@@ -1,0 +1,115 @@
+"""Settings of the HTTP service: where the model comes from, the request limits and the concurrency limit.
+
+Every field can be set from the environment as `DVDM_SERVE_<FIELD>` (upper case), e.g.
+`DVDM_SERVE_MAX_UPLOAD_BYTES=5000000` or `DVDM_SERVE_POLL_INTERVAL=10`; explicit keyword arguments to
+`ServeSettings.from_env(...)` win over the environment, which wins over the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "DVDM_SERVE_"
+DEFAULT_MODEL_REF = "models:/dvdm@champion"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `serving.app.create_app` needs besides the model reference. All limits are per request."""
+
+    # --- the model
+    tracking_uri: str | None = None      # MLflow store for `models:/` refs (None: dvdm.tracking's default resolution)
+    model_cache: str | None = None       # where registry versions are downloaded (None: a temp folder per process)
+    provider: str = "auto"               # onnxruntime provider preference: auto | cuda | cpu
+    threads: int | None = None           # onnxruntime intra-op threads per session (None: onnxruntime's default)
+    poll_interval: float = 30.0          # seconds between registry alias checks (0: never; local folders never poll)
+    warmup: bool = True                  # run a 1-step generation on a newly loaded model before it serves
+    # --- request limits
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 4096 * 4096        # width * height of the uploaded image, checked before it is decoded
+    max_steps: int = 200                 # steps are limited to 1..min(max_steps, the model's num_timesteps)
+    max_prompt_chars: int = 1000
+    min_guidance: float = 0.0
+    max_guidance: float = 20.0
+    # --- concurrency
+    max_concurrency: int = 1             # generations running at once (each uses all of onnxruntime's threads)
+    max_queue: int = 8                   # requests allowed to wait for a slot; beyond that: 429 + Retry-After
+    retry_after: int = 2                 # seconds, the Retry-After of a 429/503
+    # --- output
+    fps: float = 8.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_upload_bytes", "max_pixels", "max_steps", "max_prompt_chars", "max_concurrency",
+                     "retry_after"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            problems.append(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1 or None, got {self.threads}")
+        if not (math.isfinite(self.poll_interval) and self.poll_interval >= 0):
+            problems.append(f"poll_interval must be a number >= 0, got {self.poll_interval}")
+        if not (math.isfinite(self.min_guidance) and math.isfinite(self.max_guidance)
+                and 0 <= self.min_guidance <= self.max_guidance):
+            problems.append(f"guidance range must satisfy 0 <= min_guidance <= max_guidance, got "
+                            f"{self.min_guidance}..{self.max_guidance}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            problems.append(f"fps must be > 0, got {self.fps}")
+        if self.provider not in ("auto", "cuda", "cpu"):
+            problems.append(f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        if problems:
+            raise ValueError("invalid serve settings: " + "; ".join(problems))
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The whole multipart body: the image plus room for the form fields and the multipart framing."""
+        return self.max_upload_bytes + 64 * 1024 + 4 * self.max_prompt_chars
+
+    def replace(self, **changes: Any) -> ServeSettings:
+        return dataclasses.replace(self, **changes)
+
+    def limits(self) -> dict[str, Any]:
+        """The request limits, as /v1/model reports them to clients (and the web page)."""
+        return {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+                "max_steps": self.max_steps, "max_prompt_chars": self.max_prompt_chars,
+                "guidance": [self.min_guidance, self.max_guidance], "formats": ["mp4", "gif"],
+                "max_concurrency": self.max_concurrency, "max_queue": self.max_queue}
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeSettings:
+        """Defaults, then `DVDM_SERVE_*` variables, then `overrides` (None values in `overrides` are ignored,
+        so a CLI can pass its options straight through)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw.strip() != "":
+                values[f.name] = _parse(f.name, str(f.type), raw.strip())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown serve settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def _parse(name: str, kind: str, raw: str) -> Any:
+    var = ENV_PREFIX + name.upper()
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a valid {kind.split(' ')[0]}") from None
