@@ -419,12 +419,10 @@ def models(
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "dvdm",
 ) -> None:
     """Registered model versions with their aliases and key metrics."""
-    import os
-
     from dvdm.tracking.registry import list_versions
-    from dvdm.tracking.store import open_client
+    from dvdm.tracking.store import open_client, project_work_dir
 
-    client = open_client(work=os.environ.get("DVDM_WORK_DIR") or project / "work")
+    client = open_client(work=project_work_dir(project))
     rows = list_versions(client, name)
     if as_json:
         _echo_json(rows)
@@ -458,9 +456,9 @@ def serve(
 
     tracking = None
     if model.startswith("models:/") and not os.environ.get("MLFLOW_TRACKING_URI"):
-        from dvdm.tracking.store import resolve_tracking_uri
+        from dvdm.tracking.store import project_work_dir, resolve_tracking_uri
 
-        tracking = resolve_tracking_uri(work=os.environ.get("DVDM_WORK_DIR") or project / "work")
+        tracking = resolve_tracking_uri(work=project_work_dir(project))
     settings = ServeSettings.from_env(tracking_uri=tracking, provider=provider, poll_interval=poll_interval)
     run_server(model, host, port, settings=settings)
 

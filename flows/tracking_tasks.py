@@ -7,7 +7,6 @@ and found again by key on a retry, so a retried task neither duplicates nor orph
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,12 +20,12 @@ from dvdm.config import PromoteParams, section
 from dvdm.tracking import registry, runs
 from dvdm.tracking.model_card import write_model_card
 from dvdm.tracking.promotion import Gate, promote
-from dvdm.tracking.store import open_client, resolve_tracking_uri
+from dvdm.tracking.store import open_client, project_work_dir, resolve_tracking_uri
 from flows.dvc_stages import data_hash, read_stages
 
 
 def work_dir(project: str | Path) -> Path:
-    return Path(os.environ.get("DVDM_WORK_DIR") or Path(project) / "work")
+    return project_work_dir(project)
 
 
 _CLIENTS: dict[str, Any] = {}

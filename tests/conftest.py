@@ -44,3 +44,22 @@ def tiny_model(tmp_path_factory) -> Path:
                                     unet=dict(TINY_UNET), diffusion={"num_timesteps": 100}),
                         root / "ingested", root / "model")
     return root / "model"
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """A factory of fresh MLflow SQLite stores: `mlflow_store(name) -> MlflowClient`. The schema is created
+    once per session (migrations take seconds) and copied for each store, so stores stay independent."""
+    import shutil
+
+    from dvdm.tracking.store import open_client
+
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    open_client(f"sqlite:///{template}").search_experiments()
+
+    def make(name: str):
+        dest = tmp_path_factory.mktemp(name)
+        shutil.copy(template, dest / "mlflow.db")
+        return open_client(f"sqlite:///{dest / 'mlflow.db'}")
+
+    return make

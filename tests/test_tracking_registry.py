@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 
 import pytest
 
 from dvdm.tracking import registry, runs
 from dvdm.tracking.errors import TrackingError
 from dvdm.tracking.promotion import Gate, promote
-from dvdm.tracking.store import open_client
-
-
-def _client(tmp_path_factory, name: str):
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        open_client(f"sqlite:///{template}").search_experiments()  # creates the schema once per session
-    dest = tmp_path_factory.mktemp(name)
-    shutil.copy(template, dest / "mlflow.db")
-    return open_client(f"sqlite:///{dest / 'mlflow.db'}")
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    return _client(tmp_path_factory, "registry-store")
+def client(mlflow_store):
+    return mlflow_store("registry-store")
 
 
 @pytest.fixture

@@ -7,29 +7,19 @@ independent. The URI is always explicit: nothing here touches ./work or the call
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from dvdm.tracking import runs
 from dvdm.tracking.errors import TrackingError
-from dvdm.tracking.store import (artifact_root, embedded_uri, ensure_experiment, open_client,
+from dvdm.tracking.store import (artifact_root, embedded_uri, ensure_experiment,
                                  resolve_tracking_uri, sqlite_path, work_dir)
 
 
-def _client(tmp_path_factory, name: str):
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        open_client(f"sqlite:///{template}").search_experiments()  # creates the schema once per session
-    dest = tmp_path_factory.mktemp(name)
-    shutil.copy(template, dest / "mlflow.db")
-    return open_client(f"sqlite:///{dest / 'mlflow.db'}")
-
-
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    return _client(tmp_path_factory, "runs-store")
+def client(mlflow_store):
+    return mlflow_store("runs-store")
 
 
 # ---------------------------------------------------------------------------------------------- store

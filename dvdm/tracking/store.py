@@ -43,6 +43,11 @@ def work_dir(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def project_work_dir(project: str | os.PathLike[str]) -> Path:
+    """The work dir of the project at `project`: `$DVDM_WORK_DIR` when set, else `project/work`."""
+    return work_dir(os.environ.get(WORK_DIR_ENV) or Path(project) / DEFAULT_WORK_DIR)
+
+
 def embedded_uri(work: str | os.PathLike[str] | None = None) -> str:
     """The embedded store's URI: `sqlite:////abs/work/mlflow/mlflow.db`."""
     return f"sqlite:///{work_dir(work) / 'mlflow' / 'mlflow.db'}"
