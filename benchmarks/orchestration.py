@@ -4,19 +4,21 @@ The same tiny pipeline (the `tiny` preset: every stage of dvc.yaml, from ingest 
 project copy two ways, each in its own fresh process, alternating:
 - `direct`: the stage commands called one after another in-process (what the flow's tasks run), no
   orchestration, no tracking, no DVC;
-- `flow`: `dvdm pipeline --force` (Prefect flow on a temporary local server, a DVC status check and
+- `flow`: `dvdm pipeline --force` (Prefect flow on a local server started by the call, a
   `dvc commit` per stage, an MLflow parent run + a child run per stage with metrics and artifacts, model
   registration and the promotion gate).
 Wall-clock of the whole process, so interpreter start-up and imports count on both sides.
 
-    python benchmarks/orchestration.py [--json PATH] [--repeats 1]
+    python benchmarks/orchestration.py [--json PATH] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -28,16 +30,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 DIRECT = """
-import sys, time
+import json, sys, time
 from pathlib import Path
 from flows.dvc_stages import read_stages
 from flows.environment import working_directory
 from flows.stage_task import invoke_cli
 root = Path(sys.argv[1])
+seconds = {}
 with working_directory(root):
     for stage in read_stages(root).values():
+        t0 = time.perf_counter()
         invoke_cli(stage.argv())
+        seconds[stage.name] = time.perf_counter() - t0
+print("STAGES " + json.dumps(seconds))
 """
+FLOW_STAGE = re.compile(r"^\[(?P<name>[\w-]+)\s*\] ran in (?P<seconds>[0-9.]+)s$", re.M)
+
+
+def stage_seconds(stdout: str, direct: bool) -> float:
+    """Seconds spent inside the stage commands themselves, as each side reports them."""
+    if direct:
+        line = [x for x in stdout.splitlines() if x.startswith("STAGES ")][-1]
+        return sum(json.loads(line[len("STAGES "):]).values())
+    return sum(float(m["seconds"]) for m in FLOW_STAGE.finditer(stdout))
 
 
 def make_project(where: Path) -> Path:
@@ -54,19 +69,20 @@ def make_project(where: Path) -> Path:
     return repo
 
 
-def timed(cmd: list[str], cwd: Path, env: dict) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict, direct: bool) -> tuple[float, float]:
+    """(whole process, inside the stage commands) in seconds."""
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return seconds
+    return seconds, stage_seconds(r.stdout, direct)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--repeats", type=int, default=2,
+    ap.add_argument("--repeats", type=int, default=3,
                     help="alternating direct/flow pairs; the first flow run also creates the Prefect and MLflow "
                          "databases (a one-time cost), later ones are the steady state")
     args = ap.parse_args()
@@ -76,30 +92,41 @@ def main() -> int:
         env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "DVDM_WORK_DIR": str(repo / "work")}
         env.pop("MLFLOW_TRACKING_URI", None)
         dvdm = str(Path(sys.executable).parent / "dvdm")
-        direct, flow = [], []
+        direct, flow, direct_stages, flow_stages = [], [], [], []
         for i in range(args.repeats):
-            direct.append(timed([sys.executable, "-c", DIRECT, str(repo)], repo, env))
-            print(f"direct run {i + 1}: {direct[-1]:.1f}s", file=sys.stderr)
-            flow.append(timed([dvdm, "pipeline", "--project", str(repo), "--force"], repo, env))
-            print(f"flow run {i + 1}: {flow[-1]:.1f}s", file=sys.stderr)
+            total, stages = timed([sys.executable, "-c", DIRECT, str(repo)], repo, env, direct=True)
+            direct.append(total)
+            direct_stages.append(stages)
+            print(f"direct run {i + 1}: {total:.1f}s (stages {stages:.1f}s)", file=sys.stderr)
+            total, stages = timed([dvdm, "pipeline", "--project", str(repo), "--force"], repo, env, direct=False)
+            flow.append(total)
+            flow_stages.append(stages)
+            print(f"flow run {i + 1}: {total:.1f}s (stages {stages:.1f}s)", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    d = statistics.median(direct)
+    med = statistics.median
+    d, d_stages = med(direct), med(direct_stages)
     first = flow[0]
-    steady = statistics.median(flow[1:]) if len(flow) > 1 else flow[0]
+    steady = med(flow[1:]) if len(flow) > 1 else flow[0]
+    steady_stages = med(flow_stages[1:]) if len(flow) > 1 else flow_stages[0]
     overhead = steady - d
-    print(f"{'mode':24s} {'runs':>4s} {'seconds':>8s} {'overhead':>9s}")
-    print(f"{'direct (median)':24s} {len(direct):4d} {d:8.1f} {'':>9s}")
-    print(f"{'flow, first run':24s} {1:4d} {first:8.1f} {100 * (first - d) / d:8.1f}%")
+    print(f"{'mode':24s} {'runs':>4s} {'seconds':>8s} {'in stages':>10s} {'outside':>8s} {'overhead':>9s}")
+    print(f"{'direct (median)':24s} {len(direct):4d} {d:8.1f} {d_stages:10.1f} {d - d_stages:8.1f} {'':>9s}")
+    print(f"{'flow, first run':24s} {1:4d} {first:8.1f} {flow_stages[0]:10.1f} {first - flow_stages[0]:8.1f} "
+          f"{100 * (first - d) / d:8.1f}%")
     if len(flow) > 1:
-        print(f"{'flow, steady (median)':24s} {len(flow) - 1:4d} {steady:8.1f} {100 * overhead / d:8.1f}%")
+        print(f"{'flow, steady (median)':24s} {len(flow) - 1:4d} {steady:8.1f} {steady_stages:10.1f} "
+              f"{steady - steady_stages:8.1f} {100 * overhead / d:8.1f}%")
     print(f"orchestration + tracking + DVC overhead, steady state: {overhead:.1f}s = {100 * overhead / d:.1f}% of "
-          f"the direct run (target < 10%); the first run also creates the Prefect and MLflow databases")
+          f"the direct run (target < 10%); the first run also creates the Prefect and MLflow databases. "
+          f"'in stages' = inside the stage commands, 'outside' = process start-up, imports, orchestration, "
+          f"tracking, DVC and shutdown")
     if args.json:
         sys.path.insert(0, str(ROOT))
         from dvdm.utils.atomic import write_json
 
         write_json(args.json, {"benchmark": "orchestration", "direct_seconds": direct, "flow_seconds": flow,
+                               "direct_stage_seconds": direct_stages, "flow_stage_seconds": flow_stages,
                                "overhead_seconds": overhead, "overhead_percent": 100 * overhead / d,
                                "first_run_overhead_percent": 100 * (first - d) / d,
                                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

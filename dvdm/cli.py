@@ -361,14 +361,25 @@ def pipeline(
 ) -> None:
     """The main job: every stage as a Prefect flow with DVC skipping and MLflow tracking, then register/promote."""
     _apply_preset(project, preset)
-    from flows.pipeline import pipeline as pipeline_flow  # Prefect lives in flows/, imported only here
+    from flows.prefect_server import prefect_api  # Prefect lives in flows/, imported only here
 
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    def warm_tracking() -> None:
+        from flows.tracking_tasks import client_for
 
-    # the heartbeat thread puts a 1 s floor under every flow run and matters only to a remote worker's
-    # server-side crash detection; one local CLI call does not need it
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
+        client_for(project)
+
+    # what the flow needs anyway, done while the local Prefect server boots (when one is started)
+    warmups = [lambda: __import__("flows.pipeline"), warm_tracking, lambda: __import__("dvc.repo"),
+               lambda: __import__("torch")]
+    with prefect_api(warmups):
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        from flows.pipeline import pipeline as pipeline_flow
+
+        # the heartbeat thread puts a 1 s floor under every flow run and matters only to a remote worker's
+        # server-side crash detection; one local CLI call does not need it
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
     for s in r["stages"]:
         state = "up to date, skipped" if s["skipped"] else f"ran in {s['seconds']}s"
         typer.echo(f"[{s['stage']:15s}] {state}")
@@ -387,9 +398,12 @@ def retrain(
     force: Annotated[bool, typer.Option("--force", help="Retrain even when the data did not change.")] = False,
 ) -> None:
     """Retrain when the data changed (DVC hashes), register a challenger, run the promotion gate."""
-    from flows.retrain import retrain as retrain_flow
+    from flows.prefect_server import prefect_api
 
-    r = retrain_flow(project=str(project), force=force)
+    with prefect_api([lambda: __import__("flows.retrain")]):
+        from flows.retrain import retrain as retrain_flow
+
+        r = retrain_flow(project=str(project), force=force)
     typer.echo(("retrained: " if r["retrained"] else "not retrained: ") + r["reason"])
     if r.get("model_version"):
         typer.echo(f"registered {r['model_name']} version {r['model_version']} "
@@ -406,9 +420,13 @@ def promote(
     margin: Annotated[Optional[float], typer.Option("--margin", help="Required improvement.")] = None,
 ) -> None:
     """Run the promotion gate: the version becomes `champion` only if it beats the current champion."""
-    from flows.promote import promote as promote_flow
+    from flows.prefect_server import prefect_api
 
-    r = promote_flow(project=str(project), version=version, metric=metric, direction=direction, margin=margin)
+    with prefect_api([lambda: __import__("flows.promote")]):
+        from flows.promote import promote as promote_flow
+
+        r = promote_flow(project=str(project), version=version, metric=metric, direction=direction,
+                         margin=margin)
     typer.echo(f"version {r['version']}: {'promoted to champion' if r['promote'] else 'not promoted'} ({r['reason']})")
 
 
