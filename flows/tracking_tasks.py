@@ -7,6 +7,7 @@ and found again by key on a retry, so a retried task neither duplicates nor orph
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,6 +101,13 @@ def log_stage(project: str, parent: dict[str, Any], result: dict[str, Any]) -> s
     return rid
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not supported
+        shutil.copy2(src, dst)
+
+
 def model_folder(root: Path) -> tuple[Path, str]:
     """What a registered version carries: the ONNX export when the pipeline has one, else the checkpoint."""
     stages = read_stages(root)
@@ -119,9 +127,14 @@ def register_and_promote(project: str, parent: dict[str, Any], model_name: str =
     metrics_file = root / "metrics" / "evaluate.json"
     if metrics_file.is_file():
         evaluation = json.loads(metrics_file.read_text())
-    staging = Path(tempfile.mkdtemp(prefix="dvdm-register-"))
+    # staged next to the store, hard-linked where the file system allows: the export is ~90 MB
+    work = work_dir(root)
+    work.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".register-", dir=work))
     try:
-        shutil.copytree(folder, staging / "model")
+        shutil.copytree(folder, staging / "model", copy_function=_link_or_copy)
+        for added in ("evaluation.md", "evaluation.json", "MODEL_CARD.md"):
+            (staging / "model" / added).unlink(missing_ok=True)  # never write through a link into the export
         if (root / "reports" / "evaluate" / "report.md").is_file():
             shutil.copy(root / "reports" / "evaluate" / "report.md", staging / "model" / "evaluation.md")
         (staging / "model" / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
