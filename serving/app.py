@@ -10,7 +10,8 @@ Routes
     GET  /healthz       the process is alive
     GET  /readyz        a model is loaded (503 + Retry-After until then)
     GET  /v1/model      version, alias, registry metrics, provider, manifest summary, limits
-    GET  /              the web page (serving/static), GET /docs and /openapi.json: the OpenAPI docs
+    GET  /              the web page (serving/static), GET /docs, /redoc and /openapi.json: the OpenAPI docs
+                        (their assets served from /docs-assets, nothing from a CDN)
 
 Every client error is a 4xx with JSON `{"detail": "<what is wrong>"}`. The upload is checked by size (the
 request body is refused beyond the limit before it is read), decoded by Pillow from memory (the filename and
@@ -38,6 +39,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from serving.errors import InvalidRequest
 from serving.model import LoadedModel, ModelManager, parse_model_ref
@@ -247,7 +249,9 @@ def create_app(model_ref: str | Path, *, settings: ServeSettings | None = None) 
                 await task
             manager.close()
 
-    app = FastAPI(title="dvdm", version=_dvdm_version(), lifespan=lifespan,
+    # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts from this server, not a CDN, so the
+    # API docs work on machines without internet like the page does
+    app = FastAPIOffline(title="dvdm", version=_dvdm_version(), lifespan=lifespan, static_url="/docs-assets",
                   summary="Image + prompt -> short video (D-VDM), served with ONNX Runtime.",
                   description="Upload a first frame and a prompt, get a video back. `GET /v1/model` says which "
                               "registered model version is serving; a newly promoted version is swapped in "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -156,7 +157,12 @@ def test_health_ready_model_docs_and_page(client):
     form = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in form
     assert {"/healthz", "/readyz", "/v1/model"} <= set(spec["paths"])
-    assert client.get("/docs").status_code == 200
+    for docs in ("/docs", "/redoc"):  # API docs whose scripts come from this server, not a CDN
+        page = client.get(docs)
+        assert page.status_code == 200 and "cdn." not in page.text and "https://" not in page.text
+        for asset in re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', page.text):
+            assert client.get(asset).status_code == 200, asset
+    assert "/docs-assets/swagger-ui-bundle.js" in client.get("/docs").text
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]

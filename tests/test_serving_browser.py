@@ -120,3 +120,21 @@ def test_page_generates_a_video_and_names_the_model(browser, versioned_export, t
         console = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"
                    and "/v1/generate" not in e.get("message", "")]  # the deliberate 422 is logged by Chromium
         assert console == [], console
+
+
+def test_api_docs_render_offline(browser, versioned_export):
+    """Swagger UI at /docs renders the API from assets this server serves (no CDN: these machines are offline)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings = ServeSettings(provider="cpu", threads=1, max_steps=5)
+    with running_server(create_app(versioned_export, settings=settings)) as url:
+        browser.get(url + "/docs")
+        wait = WebDriverWait(browser, 60)
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".swagger-ui .info .title"), "dvdm"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[id^='operations-'][id*='generate']"))
+        resources = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name);")
+        assert resources and all(r.startswith(url) for r in resources), resources
+        assert any(r.endswith("/docs-assets/swagger-ui-bundle.js") for r in resources)
