@@ -7,7 +7,8 @@ The same UNet configuration (only input/output channels differ) is measured for 
   without the first-frame encoder (the paper counts the 3D-UNet);
 - wall-clock training step (forward + backward + AdamW), median of several steps;
 - peak memory of a training step (CUDA: max allocated; CPU: peak RSS growth of a fresh process);
-- time to sample one clip with 50 DDIM steps, decoding included (mvres: autoencoder + motion compensation).
+- time to sample one clip with 50 DDIM steps, decoding included (mvres: autoencoder + motion compensation);
+  for mvres also under bfloat16 autocast (`precision="bf16"`) where the CPU has bf16 instructions.
 Each (space, size) runs in its own subprocess so memory peaks do not mix.
 
     python benchmarks/efficiency.py [--json PATH] [--sizes 128 64] [--steps 3]
@@ -30,6 +31,19 @@ SPACES = ("rgb", "diff", "mvres")
 UNET = {"base_channels": 64, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
         "spatial_attention": [False, False, True], "temporal_attention": True, "attention_heads": 4,
         "attention_head_dim": 32, "text_dim": 384}
+
+
+def bf16_fast() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX), or a GPU is used."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def rss_mb() -> float:
@@ -113,13 +127,26 @@ def worker(space_name: str, size: int, steps: int, sample_steps: int, sample_bud
     t0 = time.perf_counter()
     pipe.decode(targets, first)
     t_decode = time.perf_counter() - t0
+    bf16 = None
+    if space_name == "mvres" and bf16_fast():
+        # the same sample under bfloat16 autocast (`VideoPipeline(precision="bf16")`)
+        pipe_bf16 = VideoPipeline(model, space, diffusion, frames, size, size, None, device, precision="bf16")
+        pipe_bf16.sample_targets(first, None, steps=2, text=text)  # warm-up
+        t0 = time.perf_counter()
+        targets_bf16 = pipe_bf16.sample_targets(first, None, steps=sample_steps, text=text)
+        bf16_denoise = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pipe_bf16.decode(targets_bf16, first)
+        bf16_decode = time.perf_counter() - t0
+        bf16 = {"sample_seconds": bf16_denoise + bf16_decode, "sample_denoise_seconds": bf16_denoise,
+                "sample_decode_seconds": bf16_decode}
     return {"space": space_name, "size": size, "target_shape": [c, t, h, w], "target_values": c * t * h * w,
             "train_gflops": flops / 1e9, "train_gflops_unet_only": (flops - enc_flops) / 1e9,
             "train_step_seconds": statistics.median(times), "peak_memory_mb": peak,
             "memory_kind": "cuda max allocated" if device.type == "cuda" else "CPU peak RSS growth",
             "sample_seconds": t_denoise + t_decode, "sample_denoise_seconds": t_denoise,
             "sample_decode_seconds": t_decode, "sample_steps": sample_steps,
-            "sample_estimated_from_steps": run_steps if estimated else None,
+            "sample_estimated_from_steps": run_steps if estimated else None, "bf16": bf16,
             "parameters": sum(p.numel() for p in model.parameters()), "device": str(device)}
 
 
@@ -172,6 +199,13 @@ def main() -> int:
               f"{r['flops_ratio_vs_rgb_unet_only']:6.1f} {r['train_step_seconds']:8.3f} "
               f"{r['step_time_ratio_vs_rgb']:7.1f} {r['peak_memory_mb']:8.0f} {r['memory_ratio_vs_rgb']:5.1f} "
               f"{r['sample_seconds']:8.2f}{'*' if r['sample_estimated_from_steps'] else ''}")
+    for r in rows:
+        if r.get("bf16"):
+            b = r["bf16"]
+            print(f"{r['space']} 16x{r['size']}x{r['size']} sample, float32 vs bfloat16 autocast: denoise "
+                  f"{r['sample_denoise_seconds']:.2f} vs {b['sample_denoise_seconds']:.2f} s, decode "
+                  f"{r['sample_decode_seconds']:.2f} vs {b['sample_decode_seconds']:.2f} s, total "
+                  f"{r['sample_seconds']:.2f} vs {b['sample_seconds']:.2f} s")
     print(f"(x = ratio vs rgb at the same size; device {rows[0]['device']}; memory = {rows[0]['memory_kind']}; "
           f"sampling = {args.sample_steps} DDIM steps + decode; * = denoising extrapolated from "
           f"{args.probe_steps} timed steps)")
@@ -179,7 +213,8 @@ def main() -> int:
         from dvdm.utils.atomic import write_json
 
         write_json(args.json, {"benchmark": "efficiency", "unet": UNET, "rows": rows,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}})
+                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "load_average": os.getloadavg()[0]}})
         print(f"wrote {args.json}")
     return 0
 

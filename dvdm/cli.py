@@ -291,6 +291,8 @@ def sample(
     sampler: Annotated[str, typer.Option("--sampler", help="ddim or ddpm.")] = "ddim",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the output.")] = 8.0,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 (GPU only).")] = "fp32",
 ) -> None:
     """Generate a video from one image and a prompt."""
     from dvdm.errors import ConfigError
@@ -308,7 +310,7 @@ def sample(
         raise ConfigError(f"--seed must be >= 0, got {seed}")
     path = model / "checkpoint" if (model / "checkpoint" / "config.json").is_file() else model
     img = read_image(image)
-    pipe = VideoPipeline.from_checkpoint(path, device=device)
+    pipe = VideoPipeline.from_checkpoint(path, device=device, precision=precision)
     if not 1 <= steps <= pipe.diffusion.num_timesteps:
         raise ConfigError(f"--steps must be within 1..{pipe.diffusion.num_timesteps}, got {steps}")
     if img.shape[:2] != (pipe.height, pipe.width):

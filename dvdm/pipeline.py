@@ -20,7 +20,7 @@ from dvdm.errors import ConfigError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.spaces import TargetSpace, space_from_state
 from dvdm.train.checkpoint import load_checkpoint
-from dvdm.train.device import select_device
+from dvdm.train.device import autocast, inference_dtype, select_device
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -40,11 +40,19 @@ class VideoPipeline:
     width: int
     text_encoder: Any = None
     device: torch.device = torch.device("cpu")
+    # fp32 by default; bf16 (or fp16 on GPU) runs the denoiser and the residual decoder under autocast while
+    # the sampler's own arithmetic stays float32
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        self._autocast_dtype = inference_dtype(self.device, self.precision)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", weights: str = "ema") -> VideoPipeline:
-        ckpt = load_checkpoint(path, kind="dvdm-diffusion")
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", weights: str = "ema",
+                        precision: str = "fp32") -> VideoPipeline:
         dev = select_device(device)
+        inference_dtype(dev, precision)  # a bad precision fails before the checkpoint is read
+        ckpt = load_checkpoint(path, kind="dvdm-diffusion")
         cfg = ckpt.config
         codec = None
         if cfg["space"]["name"] == "mvres":
@@ -65,7 +73,7 @@ class VideoPipeline:
             text_encoder = TextEncoder(device=dev)
         clip = cfg["clip"]
         return cls(model, space, GaussianDiffusion.from_config(cfg["diffusion"]), clip["frames"], clip["height"],
-                   clip["width"], text_encoder, dev)
+                   clip["width"], text_encoder, dev, precision)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor | None:
         if self.text_encoder is None:
@@ -98,17 +106,22 @@ class VideoPipeline:
             tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long) if not torch.is_tensor(t) \
                 else t.to(self.device).expand(x.shape[0]) if t.ndim == 0 else t
             if use_guidance:
-                return batched_guidance(self.model, x, tt, {**cond, "drop_text": drop_off},
-                                        {**cond, "drop_text": ~drop_off}, guidance)
-            return self.model(x, tt, **cond, drop_text=drop_off if text is not None else None)
+                out = batched_guidance(self.model, x, tt, {**cond, "drop_text": drop_off},
+                                       {**cond, "drop_text": ~drop_off}, guidance)
+            else:
+                out = self.model(x, tt, **cond, drop_text=drop_off if text is not None else None)
+            return out.float()  # the sampler's arithmetic stays float32 under autocast
 
         s = DDIMSampler(self.diffusion) if sampler == "ddim" else DDPMSampler(self.diffusion)
         gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
-        return s.sample(model_fn, shape, num_steps=steps, generator=gens, device=self.device)
+        # one autocast region for the whole loop: its cache of low-precision weights lives as long as it does
+        with autocast(self.device, self._autocast_dtype):
+            return s.sample(model_fn, shape, num_steps=steps, generator=gens, device=self.device).float()
 
     def decode(self, targets: torch.Tensor, first_frames: np.ndarray) -> np.ndarray:
         raw = self.space.denormalize(targets.float().cpu()).numpy()
-        return np.stack([self.space.decode(raw[i], first_frames[i]) for i in range(len(first_frames))])
+        with autocast(self.device, self._autocast_dtype):
+            return np.stack([self.space.decode(raw[i], first_frames[i]) for i in range(len(first_frames))])
 
     def __call__(self, first_frames: np.ndarray, prompts: list[str] | None = None, *, steps: int = 50,
                  guidance: float = 1.0, seeds: list[int] | None = None, sampler: str = "ddim") -> np.ndarray:

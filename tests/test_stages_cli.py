@@ -225,6 +225,30 @@ def test_cli_sample_with_a_trained_model(tiny_model, tmp_path):
     _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "broken.png", "--out", "c.mp4",
                              cwd=tmp_path), "broken.png")
     assert not (tmp_path / "c.mp4").exists()
+    _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--precision", "fp16",
+                             "--out", "c.mp4", "--device", "cpu", cwd=tmp_path), "fp16 needs a CUDA device")
+    _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--precision", "int8",
+                             "--out", "c.mp4", cwd=tmp_path), "precision must be one of")
+    assert not (tmp_path / "c.mp4").exists()
+
+
+def test_bf16_sampling_stays_close_to_float32(tiny_model):
+    """`precision="bf16"` autocasts the denoiser and the decoder; the sampler math stays float32, so the video
+    lands close to the float32 one from the same seed."""
+    import numpy as np
+    import torch
+
+    from dvdm.pipeline import VideoPipeline
+
+    first = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    videos = {}
+    for precision in ("fp32", "bf16"):
+        pipe = VideoPipeline.from_checkpoint(tiny_model / "checkpoint", device="cpu", precision=precision)
+        targets = pipe.sample_targets(first, ["a red square moves left"], steps=3, seeds=[5])
+        assert targets.dtype == torch.float32
+        videos[precision] = pipe.decode(targets, first).astype(np.float64)
+    mse = np.mean((videos["fp32"] - videos["bf16"]) ** 2)
+    assert mse == 0 or 10 * np.log10(255.0 ** 2 / mse) > 30.0
 
 
 def test_tiny_preset_is_the_default_params(tmp_path):

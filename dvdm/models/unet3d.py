@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dvdm.models.config import ModelConfigError, UNetConfig
+from dvdm.models.conv import Conv3d
 from dvdm.models.image_encoder import FirstFrameEncoder, group_norm
 
 
@@ -58,7 +59,7 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 def _conv_spatial(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(in_channels, out_channels, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1))
+    return Conv3d(in_channels, out_channels, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1))
 
 
 class ResBlock3D(nn.Module):
@@ -74,8 +75,8 @@ class ResBlock3D(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _conv_spatial(out_channels, out_channels)
         self.norm_t = group_norm(out_channels)
-        self.conv_t = zero_module(nn.Conv3d(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0)))
-        self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv_t = zero_module(Conv3d(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0)))
+        self.skip = Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))

@@ -31,3 +31,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def inference_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype | None:
+    """The autocast dtype for sampling: None (float32, the default: bit-stable seeds on one machine), bfloat16
+    (CPU or GPU; fast on CPUs with AVX512-BF16/AMX) or float16 (GPU only)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float16

@@ -1,0 +1,69 @@
+"""`dvdm.models.conv.Conv3d`: the oneDNN route for batch-1 CPU inference gives nn.Conv3d's numbers and is
+taken only where it should be (not for training, export or batches)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dvdm.models.conv import Conv3d
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+def _pair(kernel, padding, cin=16, cout=24):
+    torch.manual_seed(0)
+    ours = Conv3d(cin, cout, kernel, padding=padding)
+    ref = nn.Conv3d(cin, cout, kernel, padding=padding)
+    ref.load_state_dict(ours.state_dict())  # same parameters, same state-dict keys
+    return ours, ref
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    calls = []
+    real = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: (calls.append(a[0].shape), real(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("kernel,padding", [((1, 3, 3), (0, 1, 1)), ((3, 1, 1), (1, 0, 0)), (1, 0)])
+def test_batch1_inference_takes_onednn_and_matches_nn_conv3d(kernel, padding, onednn_calls):
+    ours, ref = _pair(kernel, padding)
+    x = torch.randn(1, 16, 5, 8, 8)
+    with torch.inference_mode():
+        got, want = ours(x), ref(x)
+    assert onednn_calls == [x.shape]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), want, rtol=1e-5, atol=1e-5)
+    assert len(onednn_calls) == 2
+
+
+def test_training_batches_and_export_use_the_plain_conv(onednn_calls):
+    ours, ref = _pair((1, 3, 3), (0, 1, 1))
+    x = torch.randn(1, 16, 5, 8, 8)
+    out = ours(x)                                      # grad enabled, parameters require grad: training
+    out.square().mean().backward()
+    assert ours.weight.grad is not None
+    with torch.inference_mode():
+        ours(torch.randn(2, 16, 5, 8, 8))              # a batch: PyTorch already picks oneDNN itself
+    assert onednn_calls == []
+    with torch.inference_mode():
+        ours.double()(torch.randn(1, 16, 5, 8, 8, dtype=torch.float64))  # not float32
+    assert onednn_calls == []
+
+
+def test_onnx_export_sees_a_plain_conv(tmp_path, onednn_calls):
+    pytest.importorskip("onnx")
+    ours, _ = _pair((1, 3, 3), (0, 1, 1))
+    ours.eval()
+    with torch.no_grad():
+        torch.onnx.export(ours, (torch.randn(1, 16, 5, 8, 8),), str(tmp_path / "conv.onnx"), dynamo=False,
+                          opset_version=17)
+    assert onednn_calls == []
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "conv.onnx")).graph.node}
+    assert ops == {"Conv"}
