@@ -43,7 +43,7 @@ from dvdm.data.synthetic import SyntheticSource  # noqa: E402
 from dvdm.models import AutoencoderConfig, ResidualAutoencoder  # noqa: E402
 from dvdm.spaces.ae_codec import AutoencoderResidualCodec  # noqa: E402
 from dvdm.stages.train_ae import evaluate_roundtrip, load_autoencoder  # noqa: E402
-from dvdm.train.trainer import TrainConfig, Trainer  # noqa: E402
+from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer  # noqa: E402
 from dvdm.utils.atomic import write_json  # noqa: E402
 from dvdm.video.reader import read_video  # noqa: E402
 from dvdm.video.sampling import sample_indices  # noqa: E402
@@ -108,6 +108,7 @@ def train_autoencoder(residuals: np.ndarray, block: int, latent: int, steps: int
     cfg = AutoencoderConfig(block=block, latent_channels=latent)
     torch.manual_seed(0)
     model = ResidualAutoencoder(cfg)
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun logs its own curve, not appended to the last
     data = {"residual": torch.from_numpy(residuals).permute(0, 3, 1, 2).contiguous()}
 
     def loss_fn(m, batch, _gen):
@@ -116,7 +117,8 @@ def train_autoencoder(residuals: np.ndarray, block: int, latent: int, steps: int
 
     trainer = Trainer(model, loss_fn, data, TrainConfig(steps=steps, batch_size=32, lr=1e-3, ema_decay=0.99,
                                                         log_every=max(1, steps // 10)),
-                      out, kind="dvdm-autoencoder", checkpoint_config={"autoencoder": cfg.to_dict()})
+                      out, kind="dvdm-autoencoder", checkpoint_config={"autoencoder": cfg.to_dict()},
+                      callbacks=[JsonlMetrics(out / "metrics.jsonl", steps)])  # progress on stderr
     t0 = time.perf_counter()
     trainer.fit()
     return trainer.ema.model.eval(), time.perf_counter() - t0, trainer.device
