@@ -39,7 +39,9 @@ def test_uri_resolution_order(monkeypatch, tmp_path):
         resolve_tracking_uri(str(tmp_path / "folder"))
     monkeypatch.delenv("DVDM_WORK_DIR")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert resolve_tracking_uri().endswith("/work/mlflow/mlflow.db")
+    # the project's own work dir (relative default `work/`), resolved to an absolute sqlite URI
+    assert resolve_tracking_uri().endswith(str(Path("work", "mlflow", "mlflow.db")))
+    assert resolve_tracking_uri().startswith("sqlite:////")
 
 
 def test_sqlite_paths_and_artifact_root():
