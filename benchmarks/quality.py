@@ -1,28 +1,34 @@
-"""Benchmark: VDM (rgb) vs D-VDM (diff) vs ED-VDM (mvres) at the same compute budget, on the same data.
+"""Benchmark: the paper's two claims, side by side on this machine, with seeds and spreads.
 
-Each space trains the same UNet for the same wall-clock budget on this machine (ED-VDM's residual
-autoencoder is trained once beforehand and its time is reported separately), then all three are evaluated
-by the `evaluate` stage on the same held-out clips with the same seeds: FVD, KVD, PSNR, SSIM,
-motion-following (synthetic), warping error, sampling time per clip. Then the same on the real BAIR
-fixtures of ../shared/data/real (64x64, 4 train / 4 test sequences: tiny, so FVD there is mostly noise).
+(a) D-VDM (diff) vs pixel VDM (rgb): the same UNet, the same data, the same optimizer settings and the same
+    number of steps. Both spaces put a 3-channel tensor on the full frame grid, so a step costs the same:
+    equal steps are also equal wall time (the table shows the seconds, so this can be checked).
+(b) ED-VDM (mvres) vs D-VDM at the same number of steps, with the cost of each (training seconds, seconds
+    per step, sampling seconds per clip; mvres also trains its residual autoencoder once per seed).
 
-    python benchmarks/quality.py [--json PATH] [--budget 300] [--bair-budget 120] [--work DIR]
+The clip is small enough that pixel spaces train a few hundred steps here: synthetic moving shapes at 32x32
+with 9 frames (I3D's minimum; 6 px objects so the quickest motion stays inside). Every space x seed is
+evaluated by the `evaluate` stage on the same held-out clips with the same sampling seeds: FVD/KVD (I3D on
+9-frame clips, so not comparable with the paper's 16-frame numbers), PSNR/SSIM, warping error (temporal
+consistency), motion-following on the clips' own captions, and the prompt-swap test (every held-out first
+frame x 24 prompts). The table gives mean +- standard deviation over seeds.
+
+    python benchmarks/quality.py [--seeds 0 1 2] [--steps 400] [--json benchmarks/results/quality.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np
 
-from decompose import real_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from dvdm.config import DecomposeParams, EvaluateParams, IngestParams, TrainAEParams, TrainParams  # noqa: E402
 from dvdm.stages.decompose import run_decompose  # noqa: E402
@@ -33,97 +39,120 @@ from dvdm.stages.train_diffusion import run_train_diffusion  # noqa: E402
 from dvdm.utils.atomic import write_json  # noqa: E402
 
 SPACES = ("rgb", "diff", "mvres")
-UNET = {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1,
-        "spatial_attention": [False, False, True], "temporal_attention": True, "attention_heads": 4,
-        "attention_head_dim": 16, "cond_drop_prob": 0.1}
-COLUMNS = ("fvd", "kvd", "psnr", "ssim", "motion_accuracy", "direction_accuracy", "warping_error",
+UNET = {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1, "spatial_attention": [False, False],
+        "temporal_attention": True, "attention_heads": 4, "attention_head_dim": 16, "cond_drop_prob": 0.1,
+        "text_whitening": True}
+METRICS = ("fvd", "kvd", "psnr", "ssim", "warping_error", "direction_accuracy", "speed_accuracy",
+           "swap_direction_accuracy", "swap_speed_accuracy", "train_seconds", "seconds_per_step",
            "sample_seconds_per_clip")
 
 
-def bair_split_folder(work: Path) -> Path | None:
-    """{train,test}/<seq> links to the BAIR fixtures: half the sequences for training, half held out."""
-    real = real_dir()
-    seqs = sorted(p for p in (real / "bair").glob("*") if p.is_dir()) if real else []
-    if len(seqs) < 4:
-        return None
-    root = work / "bair-split"
-    for i, seq in enumerate(seqs):
-        dst = root / ("train" if i % 2 == 0 else "test") / seq.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            dst.symlink_to(seq.resolve())
-    return root
-
-
-def run_dataset(name: str, ingest: IngestParams, budget: float, ae_budget: float, work: Path,
-                evaluate: EvaluateParams, batch_size: int) -> list[dict]:
-    data, dec = work / name / "ingested", work / name / "decomposed"
-    summary = run_ingest(ingest, data)
-    print(f"[{name}] ingested {summary['clips']} clips {summary['splits']}", file=sys.stderr)
-    run_decompose(DecomposeParams(), data, dec)
-    ae = run_train_ae(TrainAEParams(steps=10**9, max_seconds=ae_budget, batch_size=16, base_channels=16,
-                                    log_every=10**9, eval_clips=4), dec, work / name / "autoencoder")
-    print(f"[{name}] autoencoder: {ae['steps']} steps in {ae['train_seconds']:.0f}s, residual PSNR "
-          f"{ae['residual_psnr']:.2f} dB", file=sys.stderr)
+def run_seed(seed: int, args, data: Path, dec: Path, evaluate: EvaluateParams) -> list[dict]:
+    work = args.work / f"seed{seed}"
+    ae_dir = work / "autoencoder"
+    ae = run_train_ae(TrainAEParams(steps=args.ae_steps, batch_size=16, base_channels=16, seed=seed,
+                                    log_every=10**9, eval_clips=4), dec, ae_dir)
     rows = []
-    for space in SPACES:
-        params = TrainParams(space=space, steps=10**9, max_seconds=budget, batch_size=batch_size, lr=2e-4,
-                             ema_decay=0.995, log_every=10**9, sample_steps=10, unet=dict(UNET),
-                             text=ingest.source == "synthetic")
-        t = run_train_diffusion(params, data, work / name / space,
-                                autoencoder_dir=work / name / "autoencoder" if space == "mvres" else None)
-        m = run_evaluate(evaluate, work / name / space, data, work / name / f"eval-{space}")
-        print(f"[{name}] {space}: {t['steps']} steps in {t['train_seconds']:.0f}s; evaluated", file=sys.stderr)
-        rows.append({"data": name, "space": space, "train_steps": t["steps"], "train_seconds": t["train_seconds"],
-                     "autoencoder_seconds": ae["train_seconds"] if space == "mvres" else 0.0,
-                     "n_test": m["n_clips"], **{k: m.get(k) for k in COLUMNS},
-                     "fvd_skipped": m.get("fvd_skipped")})
+    for space in args.spaces:
+        params = TrainParams(space=space, steps=args.steps, batch_size=args.batch_size, lr=1e-3, warmup_steps=50,
+                             lr_schedule="cosine", ema_decay=0.99, seed=seed, log_every=10**9, sample_steps=10,
+                             unet=dict(UNET))
+        t = run_train_diffusion(params, data, work / space, autoencoder_dir=ae_dir if space == "mvres" else None)
+        m = run_evaluate(evaluate, work / space, data, work / f"eval-{space}")
+        row = {"space": space, "seed": seed, "train_steps": t["steps"], "train_seconds": t["train_seconds"],
+               "seconds_per_step": t["train_seconds"] / t["steps"],
+               "autoencoder_seconds": ae["train_seconds"] if space == "mvres" else 0.0, "n_test": m["n_clips"],
+               **{k: m.get(k) for k in METRICS if k not in ("train_seconds", "seconds_per_step")},
+               "fvd_skipped": m.get("fvd_skipped")}
+        rows.append(row)
+        print(f"[seed {seed}] {space}: {t['steps']} steps in {t['train_seconds']:.0f}s, FVD {row['fvd']}, "
+              f"swap direction {row['swap_direction_accuracy']}", file=sys.stderr, flush=True)
     return rows
+
+
+def summarize(rows: list[dict], spaces) -> dict[str, dict[str, list[float]]]:
+    """{space: {metric: [mean, std, n]}} over seeds (None values skipped)."""
+    out = {}
+    for space in spaces:
+        mine = [r for r in rows if r["space"] == space]
+        out[space] = {}
+        for k in METRICS:
+            vals = [r[k] for r in mine if r.get(k) is not None]
+            if vals:
+                out[space][k] = [float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                                 len(vals)]
+    return out
+
+
+def verdicts(summary: dict) -> list[str]:
+    """Plain statements of what held, judged by mean +- std (no overlap of mean +- 1 std = a difference)."""
+    def cmp(a: str, b: str, metric: str, lower_better: bool) -> str:
+        if metric not in summary.get(a, {}) or metric not in summary.get(b, {}):
+            return f"{metric}: not measured"
+        (ma, sa, _), (mb, sb, _) = summary[a][metric], summary[b][metric]
+        better = ma < mb if lower_better else ma > mb
+        separated = abs(ma - mb) > sa + sb
+        word = ("better" if better else "worse") if separated else "within noise of"
+        return f"{metric}: {a} {ma:.4g}+-{sa:.2g} is {word} {b} {mb:.4g}+-{sb:.2g}"
+
+    lines = []
+    for a, b in (("diff", "rgb"), ("mvres", "diff")):
+        if a in summary and b in summary:
+            lines.append(f"{a} vs {b}: " + "; ".join(cmp(a, b, m, lo) for m, lo in (
+                ("fvd", True), ("ssim", False), ("warping_error", True), ("swap_direction_accuracy", False))))
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per space (synthetic)")
-    ap.add_argument("--bair-budget", type=float, default=120.0, help="training seconds per space (BAIR); 0 = skip")
-    ap.add_argument("--ae-budget", type=float, default=60.0, help="residual autoencoder training seconds")
-    ap.add_argument("--train-clips", type=int, default=256)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--spaces", nargs="+", default=list(SPACES), choices=SPACES)
+    ap.add_argument("--steps", type=int, default=400, help="training steps per space and seed")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--ae-steps", type=int, default=150, help="residual autoencoder steps (mvres)")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--train-clips", type=int, default=512)
     ap.add_argument("--test-clips", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=25, help="DDIM sampling steps at evaluation")
+    ap.add_argument("--swap-clips", type=int, default=4, help="held-out first frames of the prompt-swap test")
+    ap.add_argument("--sample-steps", type=int, default=25, help="DDIM sampling steps at evaluation")
     ap.add_argument("--work", type=Path, default=ROOT / "work" / "bench-quality")
     args = ap.parse_args()
     started = time.perf_counter()
-    evaluate = EvaluateParams(max_clips=args.test_clips, steps=args.steps, batch_size=4, grid_clips=4)
-    synthetic = IngestParams(options={"num_train": args.train_clips, "num_val": 4, "num_test": args.test_clips,
-                                      "seed": 0})
-    rows = run_dataset("synthetic", synthetic, args.budget, args.ae_budget, args.work, evaluate, batch_size=8)
-    bair = bair_split_folder(args.work) if args.bair_budget > 0 else None
-    if bair is not None:
-        ingest = IngestParams(source="bair", options={"root": str(bair)})
-        rows += run_dataset("bair", ingest, args.bair_budget, args.ae_budget / 2, args.work,
-                            dataclasses.replace(evaluate, max_clips=0), batch_size=2)
-    elif args.bair_budget > 0:
-        print("BAIR: skipped (../shared/data/real/bair not found; set DVDM_REAL_DATA)", file=sys.stderr)
+    data, dec = args.work / "ingested", args.work / "decomposed"
+    ingest = IngestParams(frames=args.frames, height=args.size, width=args.size, options={
+        "num_train": args.train_clips, "num_val": 4, "num_test": args.test_clips, "seed": 0,
+        "second_object_prob": 0.0, "textured_background_prob": 0.5, "object_size": 12 * 32 // args.size})
+    run_ingest(ingest, data)
+    run_decompose(DecomposeParams(), data, dec)
+    evaluate = EvaluateParams(max_clips=args.test_clips, steps=args.sample_steps, batch_size=16, grid_clips=4,
+                              fvd_frames=args.frames, prompt_swap_clips=args.swap_clips)
+    rows = []
+    for seed in args.seeds:
+        rows += run_seed(seed, args, data, dec, evaluate)
+    summary = summarize(rows, args.spaces)
 
-    def f(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
-    head = (f"{'data':9s} {'space':6s} {'steps':>6s} {'train s':>7s} {'N':>3s} {'FVD':>8s} {'KVD':>8s} "
-            f"{'PSNR':>6s} {'SSIM':>6s} {'motion':>6s} {'dir':>5s} {'warp':>6s} {'s/clip':>6s}")
+    cols = ("fvd", "ssim", "warping_error", "direction_accuracy", "swap_direction_accuracy", "swap_speed_accuracy",
+            "seconds_per_step", "sample_seconds_per_clip")
+    head = f"{'space':6s} " + " ".join(f"{c.replace('_accuracy', '').replace('_', ' '):>17s}" for c in cols)
     print(head)
     print("-" * len(head))
-    for r in rows:
-        print(f"{r['data']:9s} {r['space']:6s} {r['train_steps']:6d} {r['train_seconds']:7.0f} {r['n_test']:3d} "
-              f"{f(r['fvd'], '8.1f'):>8s} {f(r['kvd'], '8.3f'):>8s} {f(r['psnr'], '6.2f'):>6s} "
-              f"{f(r['ssim'], '6.3f'):>6s} {f(r['motion_accuracy'], '6.2f'):>6s} "
-              f"{f(r['direction_accuracy'], '5.2f'):>5s} {f(r['warping_error'], '6.2f'):>6s} "
-              f"{f(r['sample_seconds_per_clip'], '6.2f'):>6s}")
-    print(f"(same UNet and {args.budget:.0f} s of training per space on synthetic 16x64x64, {args.bair_budget:.0f} s "
-          f"on BAIR; mvres also trained its residual autoencoder first; {args.steps} DDIM steps; total "
-          f"{time.perf_counter() - started:.0f} s)")
+    for space in args.spaces:
+        cells = []
+        for c in cols:
+            v = summary[space].get(c)
+            cells.append(f"{'-':>17s}" if v is None else f"{v[0]:>9.4g} +-{v[1]:<6.2g}")
+        print(f"{space:6s} " + " ".join(cells))
+    lines = verdicts(summary)
+    print("\n".join(lines))
+    print(f"({len(args.seeds)} seeds x {args.steps} steps, batch {args.batch_size}, same UNet; synthetic "
+          f"{args.frames}x{args.size}x{args.size}, {args.train_clips} training clips, {args.test_clips} held-out; "
+          f"FVD on {args.frames}-frame clips; total {time.perf_counter() - started:.0f} s)")
     if args.json:
-        write_json(args.json, {"benchmark": "quality", "unet": UNET, "budget_seconds": args.budget,
-                               "bair_budget_seconds": args.bair_budget, "rows": rows,
+        write_json(args.json, {"benchmark": "quality", "unet": UNET, "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                                               for k, v in vars(args).items()},
+                               "rows": rows, "summary": summary, "verdicts": lines,
                                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "load_average": os.getloadavg()[0]}})
         print(f"wrote {args.json}")

@@ -104,7 +104,12 @@ class TrainParams:
     checkpoint_every: int = 0
     sample_steps: int = 25
     guidance: float = 1.0
+    check_clips: int = 0             # at each sample: prompt-swap check on this many held-out first frames
     max_seconds: float = 0.0         # > 0: stop after this much training time (a compute budget)
+    warmup_steps: int = 0            # linear learning-rate warm-up
+    lr_schedule: str = "constant"    # constant | cosine (to min_lr_ratio * lr at the last step)
+    min_lr_ratio: float = 0.1
+    dead_zone: float = 0.5           # mvres: |sampled vector| below this decodes to 0 (0.5 = plain rounding)
     unet: dict[str, Any] = field(default_factory=dict)
     diffusion: dict[str, Any] = field(default_factory=dict)
 
@@ -122,9 +127,13 @@ class EvaluateParams:
     seed: int = 0                    # clip i uses seed + i
     batch_size: int = 4
     fvd: bool = True                 # FVD/KVD with I3D (skipped with the reason when the weights are absent)
+    fvd_frames: int = 0              # frames per clip for FVD (0: the protocol's 16; >= 9 for own comparisons)
     grid_clips: int = 4              # rows of the ground-truth | generated grid
     fps: float = 8.0
     device: str = "auto"
+    prompt_swap_clips: int = 0       # held-out first frames generated with every direction x speed prompt (0: off)
+    prompt_swap_drawn: int = 0       # first frames drawn with PIL (plain + textured backgrounds), same prompts
+    prompt_swap_guidance: float = 0.0  # guidance of the prompt-swap samples (0: `guidance`)
 
 
 @dataclass

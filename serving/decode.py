@@ -8,8 +8,8 @@ space's own `decode` exactly):
   `reference` says what v is relative to: "none" (v are the frames), "first" (differences to the first
   frame) or "previous" (differences to the previous frame, summed along time). Clipped to uint8.
 - `motion_residual`: (motion_channels + latent_channels, T-1, gh, gw) on the block grid: integer block
-  motion vectors (rounded, clipped to +-search) and residual latents, decoded to pixel residuals by the
-  `residual_decoder` graph, then motion compensation from the previous decoded frame plus the residual
+  motion vectors (`dvdm.codec.quantize`: dead zone, rounded, clipped to +-search) and residual latents,
+  decoded to pixel residuals by the `residual_decoder` graph, then motion compensation from the previous decoded frame plus the residual
   (`dvdm.codec.residuals.reconstruct`, numpy only).
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dvdm.codec.differences import integrate_differences
+from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, quantize_motion
 from dvdm.codec.residuals import reconstruct
 from serving.errors import ManifestError
 
@@ -47,6 +48,10 @@ def check_spec(spec: dict[str, Any]) -> None:
         for key in ("block", "search", "motion_channels"):
             if not isinstance(spec.get(key), int) or spec[key] < 1:
                 raise ManifestError(f"manifest decode.{key} must be a positive integer")
+        dead_zone = spec.get("dead_zone", DEFAULT_DEAD_ZONE)
+        if not isinstance(dead_zone, (int, float)) or not 0.5 <= dead_zone <= spec["search"] + 0.5:
+            raise ManifestError(f"manifest decode.dead_zone must be a number within [0.5, search + 0.5], "
+                                f"got {dead_zone!r}")
         if not isinstance(spec.get("residual"), dict) or "graph" not in spec["residual"]:
             raise ManifestError("manifest decode.residual must name the residual decoder graph")
 
@@ -64,7 +69,9 @@ def decode_target(spec: dict[str, Any], target: np.ndarray, first_frame: np.ndar
     if residual_decoder is None:
         raise ManifestError("decode method motion_residual needs the residual decoder graph")
     k, search = spec["motion_channels"], spec["search"]
-    mv = np.clip(np.rint(target[:k]), -search, search).astype(np.int16).transpose(1, 2, 3, 0)
+    # manifests written before the dead zone existed decoded with plain rounding (0.5)
+    dead_zone = float(spec.get("dead_zone", DEFAULT_DEAD_ZONE))
+    mv = quantize_motion(target[:k], search, dead_zone).transpose(1, 2, 3, 0)
     residual = np.asarray(residual_decoder(np.ascontiguousarray(target[k:].transpose(1, 0, 2, 3))), np.float32)
     h, w = first_frame.shape[:2]
     if residual.shape != (target.shape[1], 3, h, w):

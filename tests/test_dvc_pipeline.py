@@ -36,7 +36,8 @@ def test_dvc_repro_in_fresh_repo(tmp_path):
     params["train"].update(steps=2, batch_size=2, sample_steps=2, log_every=1,
                            unet={"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [False, False],
                                  "attention_heads": 1, "attention_head_dim": 8})
-    params["evaluate"].update(max_clips=2, steps=2, batch_size=2, grid_clips=2, fvd=False)
+    params["evaluate"].update(max_clips=2, steps=2, batch_size=2, grid_clips=2, fvd=False, prompt_swap_clips=1,
+                              prompt_swap_drawn=1)
     params["export"].update(parity_steps=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",

@@ -45,7 +45,7 @@ def test_mvres_with_autoencoder_decodes_exactly():
     space = build_space("mvres", codec=codec, search=4)
     space.normalizer = Normalizer([0.0] * 5, [2.0, 2.0, 1.0, 1.0, 1.0])
     spec = decode_spec(space)
-    assert spec == {"method": "motion_residual", "block": 8, "search": 4, "motion_channels": 2,
+    assert spec == {"method": "motion_residual", "block": 8, "search": 4, "motion_channels": 2, "dead_zone": 0.5,
                     "residual": {"graph": "residual_decoder", "latent_channels": 3}}
 
     def residual(z):
@@ -53,6 +53,15 @@ def test_mvres_with_autoencoder_decodes_exactly():
 
     report = check_decode_spec(space, spec, space.target_shape(5, 16, 24), frames(), residual)
     assert report["passed"] and report["max_abs_diff"] == 0
+    # the dead zone reaches the manifest, and serving decodes with it exactly as the space does
+    space.dead_zone = 1.2
+    spec = decode_spec(space)
+    assert spec["dead_zone"] == 1.2
+    assert check_decode_spec(space, spec, space.target_shape(5, 16, 24), frames(), residual)["passed"]
+    # a manifest without the key (written before the dead zone existed) means plain rounding
+    old = {k: v for k, v in spec.items() if k != "dead_zone"}
+    space.dead_zone = 0.5
+    assert check_decode_spec(space, old, space.target_shape(5, 16, 24), frames(), residual)["passed"]
 
 
 def test_lossless_codec_and_unknown_spaces_are_refused():

@@ -251,10 +251,10 @@ def test_bf16_sampling_stays_close_to_float32(tiny_model):
     assert mse == 0 or 10 * np.log10(255.0 ** 2 / mse) > 30.0
 
 
-def test_tiny_preset_is_the_default_params(tmp_path):
-    """`dvdm pipeline --preset tiny` must give exactly the params.yaml the README's main job uses."""
+def test_default_preset_is_the_shipped_params(tmp_path):
+    """`dvdm pipeline --preset default` must give exactly the params.yaml the README's main job uses."""
     root = Path(__file__).resolve().parents[1]
-    assert (root / "dvdm" / "presets" / "tiny.yaml").read_text() == (root / "params.yaml").read_text()
+    assert (root / "dvdm" / "presets" / "default.yaml").read_text() == (root / "params.yaml").read_text()
     _assert_clean_error(dvdm("pipeline", "--preset", "huge", "--project", str(tmp_path), cwd=tmp_path),
                         "unknown", "tiny")
     assert not (tmp_path / "params.yaml").exists()

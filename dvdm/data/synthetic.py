@@ -7,7 +7,7 @@ Captions name colour, shape, speed and direction ("a red circle moves slowly up 
 labels keep everything an evaluation needs (direction, speed, velocity, per-frame centroids).
 
 Geometry is defined at 64x64 and scaled with the clip size (speeds 1/2/3 px per frame at 64x64, 2/4/6 at
-128x128). Splits are disjoint: each split draws from its own seed stream, and a clip whose bytes already
+128x128, never below 1/2/3: `speeds_px`). Splits are disjoint: each split draws from its own seed stream, and a clip whose bytes already
 occurred in any split is redrawn.
 """
 
@@ -34,6 +34,20 @@ DIRECTIONS = (
 )
 SPEEDS = (("slowly", 1), ("steadily", 2), ("quickly", 3))  # px per frame at 64x64
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+def speeds_px(height: int, width: int) -> list[int]:
+    """The px-per-frame speed of each SPEEDS entry at this clip size: 1/2/3 at 64x64, scaled with the smaller
+    side (2/4/6 at 128x128) and rounded half up, but never below 1/2/3, so the three speeds stay distinct
+    and non-zero at every size (at 32x32 a plain scaling would round "slowly" to 0 px: a clip whose
+    caption says it moves would stand still)."""
+    scale = min(height, width) / 64.0
+    return [max(base, int(np.floor(base * scale + 0.5))) for _, base in SPEEDS]
+
+
+def describe(color: str, shape: str, speed_index: int, direction_index: int) -> str:
+    """The caption of one object's motion: "a red circle moves slowly up and to the left"."""
+    return f"a {color} {shape} moves {SPEEDS[speed_index][0]} {DIRECTIONS[direction_index][1]}"
 
 
 def _shape_mask(shape: str, size: int) -> np.ndarray:
@@ -95,8 +109,8 @@ class SyntheticSource:
         self.textured_background_prob = textured_background_prob
         self.scale = min(spec.height, spec.width) / 64.0
         self.object_px = max(4, int(round(object_size * self.scale)))
-        max_speed = SPEEDS[-1][1] * self.scale
-        travel = int(np.ceil(max_speed)) * (spec.frames - 1)
+        self.speeds = speeds_px(spec.height, spec.width)
+        travel = self.speeds[-1] * (spec.frames - 1)
         if travel + self.object_px > min(spec.height, spec.width):
             raise ConfigError(
                 f"synthetic: a {self.object_px}px object moving {travel}px over {spec.frames} frames does not "
@@ -132,7 +146,7 @@ class SyntheticSource:
         color = list(COLORS)[rng.integers(len(COLORS))]
         d = int(rng.integers(len(DIRECTIONS)))
         s = int(rng.integers(len(SPEEDS)))
-        speed_px = int(round(SPEEDS[s][1] * self.scale))
+        speed_px = self.speeds[s]
         (ux, uy), words = DIRECTIONS[d]
         vx, vy = ux * speed_px, uy * speed_px
         size, (h, w), t = self.object_px, (self.spec.height, self.spec.width), self.spec.frames
@@ -171,8 +185,8 @@ class SyntheticSource:
                 frames[k, y:y + obj["size"], x:x + obj["size"]][mask] = color
                 traj.append([x + (obj["size"] - 1) / 2, y + (obj["size"] - 1) / 2])
             obj["trajectory"] = traj
-        caption = " while ".join(
-            f"a {o['color']} {o['shape']} moves {o['speed']} {o['direction']}" for o in objects)
+        caption = " while ".join(describe(o["color"], o["shape"], o["speed_index"], o["direction_index"])
+                                 for o in objects)
         clip_id = f"synthetic/{split}-{index:06d}"
         return Clip(
             id=clip_id, frames=frames, caption=caption, split=split, source=self.name,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dvdm.data.synthetic import COLORS, DIRECTIONS, SPEEDS
+from dvdm.data.synthetic import COLORS, DIRECTIONS, SPEEDS, speeds_px
 from dvdm.evaluate.errors import EvaluationError
 
 COLOR_TOLERANCE = 60.0  # RGB distance; the palette is >= 70 from any background the generator draws
@@ -64,12 +64,6 @@ def theil_sen_velocity(positions: np.ndarray) -> tuple[tuple[float, float] | Non
     slopes = (positions[t[j]] - positions[t[i]]) / (t[j] - t[i])[:, None]
     vx, vy = np.median(slopes, axis=0)
     return (float(vx), float(vy)), int(t.size)
-
-
-def speeds_px(height: int, width: int) -> list[int]:
-    """The generator's speeds (px per frame) at this clip size: 1/2/3 at 64x64, scaled with the smaller side."""
-    scale = min(height, width) / 64.0
-    return [int(round(s * scale)) for _, s in SPEEDS]
 
 
 def classify_velocity(velocity: tuple[float, float] | None, speeds: Sequence[int]) -> tuple[int, int]:

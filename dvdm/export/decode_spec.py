@@ -38,7 +38,7 @@ def _mvres(space: MVResSpace) -> dict[str, Any]:
         raise ExportError(f"mvres: the residual codec {type(space.codec).__name__} has no network to export; "
                           f"only the trained autoencoder codec can be served")
     return {"method": "motion_residual", "block": int(space.block), "search": int(space.search),
-            "motion_channels": 2,
+            "motion_channels": 2, "dead_zone": float(space.dead_zone),
             "residual": {"graph": RESIDUAL_GRAPH, "latent_channels": int(space.codec.latent_channels)}}
 
 

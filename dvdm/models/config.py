@@ -34,6 +34,9 @@ class UNetConfig:
     text_dim: size of the frozen sentence embedding (384 for all-MiniLM-L6-v2); 0 = no text path.
     cond_drop_prob: probability of replacing the text by the learned null embedding in training
         (classifier-free guidance).
+    text_whitening: whiten the sentence embedding (ZCA, fitted on the training captions with
+        `UNet3D.fit_text_whitening`, saved as buffers) before the text MLP, so the words captions differ in
+        (direction, speed) weigh as much as those that dominate the embedding (colour, shape).
     image_channels: channels of the first frame; image_feature_channels: channels of its encoding that are
         concatenated to the input; image_encoder_base / image_encoder_blocks: width and depth of the
         first-frame ResNet encoder.
@@ -51,6 +54,7 @@ class UNetConfig:
     dropout: float = 0.0
     text_dim: int = 384
     cond_drop_prob: float = 0.1
+    text_whitening: bool = False
     image_channels: int = 3
     image_feature_channels: int = 32
     image_encoder_base: int = 32
@@ -79,8 +83,9 @@ class UNetConfig:
                             f"{len(self.channel_mults)} levels (one flag per level)")
         if any(not isinstance(flag, bool) for flag in self.spatial_attention):
             problems.append(f"spatial_attention must be true/false flags, got {list(self.spatial_attention)}")
-        if not isinstance(self.temporal_attention, bool):
-            problems.append(f"temporal_attention must be true/false, got {self.temporal_attention!r}")
+        for name in ("temporal_attention", "text_whitening"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true/false, got {getattr(self, name)!r}")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
                 or not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")

@@ -8,7 +8,8 @@ and the grid comes from x_t (DESIGN.md section 1).
 
 Conditioning:
 - time: sinusoidal embedding + MLP; the ResBlocks apply it as a scale/shift after their second GroupNorm.
-- text: a frozen sentence embedding (B, text_dim) through an MLP, added to the time embedding (as LFDM and
+- text: a frozen sentence embedding (B, text_dim), optionally ZCA-whitened with statistics of the training
+  captions (`text_whitening`), through an MLP, added to the time embedding (as LFDM and
   video-diffusion-pytorch do with BERT). A learned `null_text` vector stands in for dropped text
   (classifier-free guidance). `drop_text` (B,) bool or float (> 0.5 = drop) chooses per sample; in training
   with `drop_text=None` each sample is dropped with probability `cond_drop_prob`; in eval mode never.
@@ -180,6 +181,9 @@ class UNet3D(nn.Module):
             # unit norm like the (L2-normalised) sentence embeddings it stands in for
             null = torch.randn(cfg.text_dim)
             self.null_text = nn.Parameter(null / null.norm())
+            if cfg.text_whitening:  # identity until fit_text_whitening; saved with the weights
+                self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
+                self.register_buffer("text_whiten", torch.eye(cfg.text_dim))
         else:
             self.text_mlp = None
             self.register_parameter("null_text", None)
@@ -244,6 +248,31 @@ class UNet3D(nn.Module):
                              f"got {tuple(first_frame.shape)}")
         return self.image_encoder(first_frame.to(self.conv_in.weight.dtype), grid)
 
+    @torch.no_grad()
+    def fit_text_whitening(self, embeddings: torch.Tensor, eps: float = 1e-3) -> dict[str, float]:
+        """Fit the ZCA whitening of the text path on the training captions' embeddings (N, text_dim).
+
+        Eigen-directions are scaled by 1 / sqrt(lambda + eps * lambda_max): directions with real variance
+        come out at unit variance, numerical noise stays small. The learned null embedding stays a raw
+        embedding (serving passes it as `text` for the unconditional branch) and starts at the mean caption.
+        Returns a summary (rank, explained variance).
+        """
+        if not self.config.text_whitening:
+            raise ValueError("this UNet was built with text_whitening=false")
+        x = embeddings.detach().to(torch.float64).cpu()
+        if x.dim() != 2 or x.shape[1] != self.config.text_dim or x.shape[0] < 2:
+            raise ValueError(f"need (N >= 2, {self.config.text_dim}) embeddings, got {tuple(x.shape)}")
+        mean = x.mean(0)
+        cov = torch.cov((x - mean).T)
+        lam, vec = torch.linalg.eigh(cov)
+        lam = lam.clamp(min=0)
+        scale = 1.0 / torch.sqrt(lam + eps * lam.max())
+        self.text_mean.copy_(mean.to(self.text_mean))
+        self.text_whiten.copy_((vec * scale) @ vec.T)
+        self.null_text.copy_(mean.to(self.null_text))
+        return {"rank": int((lam > eps * lam.max()).sum()), "top_eigenvalue": float(lam.max()),
+                "total_variance": float(lam.sum())}
+
     def text_embedding(self, text: torch.Tensor | None, drop_text: torch.Tensor | None,
                        batch: int) -> torch.Tensor | None:
         """The text contribution to the embedding (B, emb_dim), or None without a text path."""
@@ -266,6 +295,8 @@ class UNet3D(nn.Module):
                 cond = torch.where(drop_text.reshape(-1, 1), null, text)
             else:
                 cond = text
+        if self.config.text_whitening:  # after the null swap: the null text stays a raw embedding (serving)
+            cond = (cond - self.text_mean.to(cond.dtype)) @ self.text_whiten.to(cond.dtype)
         return self.text_mlp(cond)
 
     # ------------------------------------------------------------------ forward

@@ -3,8 +3,9 @@ backward convention) concatenated with the residual codec's latent channels.
 
 Encoding runs the codec closed loop (DESIGN.md section 3): each residual is taken against the previous
 frame *as the decoder will see it* (motion-compensated previous reconstruction + decoded residual), so
-the autoencoder's error does not drift along the clip. Decoding motion-compensates from the decoded
-previous frame and adds the decoded residual, frame by frame (`dvdm.codec.residuals.reconstruct`).
+the autoencoder's error does not drift along the clip. Decoding turns the sampled vectors into integers
+with a dead zone (`dvdm.codec.quantize`), motion-compensates from the decoded previous frame and adds the
+decoded residual, frame by frame (`dvdm.codec.residuals.reconstruct`).
 
 The residual codec is pluggable: `AutoencoderResidualCodec` (the trained autoencoder, the paper's setting)
 or `PixelUnshuffleResidualCodec` (lossless: the raw residual folded onto the grid, 3*b*b channels), which
@@ -19,6 +20,7 @@ import numpy as np
 
 from dvdm.codec.compensate import grid_shape
 from dvdm.codec.decompose import DecomposeConfig, decompose
+from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, quantize_motion
 from dvdm.codec.residuals import reconstruct
 from dvdm.spaces.base import TargetSpace
 
@@ -59,13 +61,16 @@ class PixelUnshuffleResidualCodec:
 class MVResSpace(TargetSpace):
     name = "mvres"
 
-    def __init__(self, codec: ResidualCodec, search: int | None = None, strategy: str = "fast"):
+    def __init__(self, codec: ResidualCodec, search: int | None = None, strategy: str = "fast",
+                 dead_zone: float = DEFAULT_DEAD_ZONE):
         super().__init__()
         self.codec = codec
+        self.dead_zone = float(dead_zone)
         self.block = codec.block
         self.search = search or codec.block
         self.strategy = strategy
         self._decompose_config = DecomposeConfig(block=self.block, search=self.search, strategy=strategy)
+        quantize_motion(np.zeros(1), self.search, self.dead_zone)  # a bad dead zone fails here, not at decode
 
     @property
     def channels(self) -> int:
@@ -91,10 +96,10 @@ class MVResSpace(TargetSpace):
     def decode(self, target: np.ndarray, first_frame: np.ndarray) -> np.ndarray:
         target = np.asarray(target, np.float32)
         h, w = first_frame.shape[:2]
-        mv = np.clip(np.rint(target[:2]), -self.search, self.search).astype(np.int16).transpose(1, 2, 3, 0)
+        mv = quantize_motion(target[:2], self.search, self.dead_zone).transpose(1, 2, 3, 0)
         residual = self.codec.decode(target[2:].transpose(1, 0, 2, 3), (h, w))
         return reconstruct(first_frame, mv, residual, self.block)
 
     def config(self) -> dict[str, Any]:
-        return {"block": self.block, "search": self.search, "strategy": self.strategy,
+        return {"block": self.block, "search": self.search, "strategy": self.strategy, "dead_zone": self.dead_zone,
                 "latent_channels": self.codec.latent_channels, "codec": type(self.codec).__name__}

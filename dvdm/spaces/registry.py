@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dvdm.codec.quantize import DEFAULT_DEAD_ZONE
 from dvdm.errors import ConfigError
 from dvdm.spaces.base import Normalizer, TargetSpace
 from dvdm.spaces.diff import DiffSpace
@@ -14,14 +15,18 @@ SPACES = ("rgb", "diff", "mvres")
 
 
 def build_space(name: str, *, reference: str = "first", codec=None, block: int = 16, search: int | None = None,
-                strategy: str = "fast") -> TargetSpace:
+                strategy: str = "fast", dead_zone: float = DEFAULT_DEAD_ZONE) -> TargetSpace:
     """A space by name. `mvres` takes a residual codec (the autoencoder); without one it is lossless."""
     if name == "rgb":
         return RGBSpace()
     if name == "diff":
         return DiffSpace(reference)
     if name == "mvres":
-        return MVResSpace(codec or PixelUnshuffleResidualCodec(block), search=search, strategy=strategy)
+        try:
+            return MVResSpace(codec or PixelUnshuffleResidualCodec(block), search=search, strategy=strategy,
+                              dead_zone=dead_zone)
+        except ValueError as exc:
+            raise ConfigError(f"mvres: {exc}") from None
     raise ConfigError(f"unknown target space {name!r}; choose one of {', '.join(SPACES)}")
 
 
@@ -30,7 +35,9 @@ def space_from_state(state: dict[str, Any], codec=None) -> TargetSpace:
     cfg = state.get("config", {})
     name = state["name"]
     if name == "mvres":
-        space = build_space(name, codec=codec, block=cfg["block"], search=cfg["search"], strategy=cfg["strategy"])
+        # models saved before the dead zone existed decoded with plain rounding (0.5)
+        space = build_space(name, codec=codec, block=cfg["block"], search=cfg["search"], strategy=cfg["strategy"],
+                            dead_zone=cfg.get("dead_zone", DEFAULT_DEAD_ZONE))
         if space.channels != 2 + cfg["latent_channels"]:
             raise ConfigError(f"mvres: the residual codec has {space.channels - 2} latent channels, the saved "
                               f"model expects {cfg['latent_channels']}")

@@ -78,8 +78,10 @@ def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dic
         return {"fvd_skipped": "disabled (evaluate.fvd: false)"}
     if len(real) < 2:
         return {"fvd_skipped": f"{len(real)} held-out clip; FVD needs at least 2 (a covariance)"}
-    if real[0].shape[0] < FVD_FRAMES:
-        return {"fvd_skipped": f"clips have {real[0].shape[0]} frames; the FVD protocol needs {FVD_FRAMES}"}
+    frames = params.fvd_frames or FVD_FRAMES
+    if real[0].shape[0] < frames:
+        return {"fvd_skipped": f"clips have {real[0].shape[0]} frames; the FVD protocol needs {FVD_FRAMES} "
+                               f"(evaluate.fvd_frames sets another clip length, >= 9, for comparisons of your own)"}
     from dvdm.evaluate.errors import I3DWeightsMissing
     from dvdm.evaluate.fvd import extract_features, fvd_from_features
     from dvdm.evaluate.group_fvd import cfvd, sfvd
@@ -89,8 +91,8 @@ def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dic
         model = load_i3d(None, params.device if params.device != "auto" else _auto_device())
     except I3DWeightsMissing as exc:
         return {"fvd_skipped": str(exc)}
-    rf = extract_features(real, model=model, frames=FVD_FRAMES)
-    ff = extract_features(fake, model=model, frames=FVD_FRAMES)
+    rf = extract_features(real, model=model, frames=frames)
+    ff = extract_features(fake, model=model, frames=frames)
     res = fvd_from_features(rf, ff, seed=params.seed)
     out: dict[str, Any] = {"fvd": res.fvd, "kvd": res.kvd, "fvd_protocol": res.protocol, "fvd_notes": res.notes}
     for key, fn, name in (("class_index", cfvd, "cfvd"), ("subject", sfvd, "sfvd")):
@@ -118,7 +120,9 @@ def _report(metrics: dict[str, Any], params: EvaluateParams) -> str:
              f"Sampling: {params.sampler} {params.steps} steps, guidance {params.guidance}, seeds "
              f"{params.seed}..{params.seed + metrics['n_clips'] - 1}", "", "| metric | value |", "|---|---|"]
     for key in ("fvd", "kvd", "psnr", "ssim", "first_frame_psnr", "warping_error", "direction_accuracy",
-                "speed_accuracy", "motion_accuracy", "sample_seconds_per_clip"):
+                "speed_accuracy", "motion_accuracy", "swap_direction_accuracy", "swap_speed_accuracy",
+                "swap_speed_error", "drawn_direction_accuracy", "drawn_speed_accuracy", "drawn_speed_error",
+                "sample_seconds_per_clip"):
         if key in metrics and metrics[key] is not None:
             lines.append(f"| {key} | {fmt(metrics[key])} |")
     if "fvd_skipped" in metrics:
@@ -133,7 +137,60 @@ def _report(metrics: dict[str, Any], params: EvaluateParams) -> str:
         if name in metrics:
             lines.append(f"- {name}: mean {fmt(metrics[name].get('mean'))}, std {fmt(metrics[name].get('std'))}")
     lines += ["", "![ground truth | generated](grid.gif)", "", "![PSNR per frame](psnr_per_frame.png)", ""]
+    for name in ("held_out", "drawn"):
+        prefix = "swap" if name == "held_out" else "drawn"
+        if f"{prefix}_direction_accuracy" in metrics:
+            lines += [f"## Prompt swap: {name.replace('_', '-')} first frames", "",
+                      f"Every first frame generated with all 24 prompts (8 directions x 3 speeds): direction "
+                      f"{metrics[f'{prefix}_direction_accuracy']:.1%} (chance 12.5 %), speed "
+                      f"{metrics[f'{prefix}_speed_accuracy']:.1%} (chance 33.3 %), mean speed error "
+                      f"{metrics[f'{prefix}_speed_error']:.2f} px/frame, n = {metrics[f'{prefix}_n']}.", "",
+                      f"![prompt swap](prompt_swap/{name}_grid.gif)", "",
+                      f"![confusion](prompt_swap/{name}_confusion.png)", ""]
     return "\n".join(lines)
+
+
+SWAP_SETS = ("held_out", "drawn")
+
+
+def prompt_swap_section(pipe, params: EvaluateParams, records: list[dict], clips: list[np.ndarray],
+                        folder: Path) -> dict[str, Any]:
+    """The prompt-swap test (`dvdm.evaluate.prompt_swap`) on held-out and PIL-drawn first frames: metrics
+    `swap_*` (held-out) and `drawn_*` (drawn), and into `folder`: a grid GIF per set (a row per prompt),
+    confusion-matrix PNGs and `prompt_swap.json` with every sample's asked and measured motion."""
+    from dvdm.evaluate.prompt_swap import (
+        drawn_first_frames, held_out_first_frames, plot_confusion, run_prompt_swap, swap_grid)
+    from dvdm.video.writer import write_gif
+
+    guidance = params.prompt_swap_guidance or params.guidance
+    sets = {"held_out": held_out_first_frames(records, clips, params.prompt_swap_clips),
+            "drawn": drawn_first_frames(params.prompt_swap_drawn, pipe.height, pipe.width, pipe.frames,
+                                        seed=params.seed)}
+
+    def generate(images, prompts, seeds):
+        return pipe(images, prompts, steps=params.steps, guidance=guidance, seeds=seeds, sampler=params.sampler)
+
+    metrics: dict[str, Any] = {}
+    details: dict[str, Any] = {"guidance": guidance, "steps": params.steps}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, prefix in (("held_out", "swap"), ("drawn", "drawn")):
+        frames = sets[name]
+        if not frames:
+            continue
+        started = time.perf_counter()
+        res = run_prompt_swap(generate, frames, seed=params.seed, batch_size=params.batch_size)
+        metrics.update({f"{prefix}_direction_accuracy": res["direction_accuracy"],
+                        f"{prefix}_speed_accuracy": res["speed_accuracy"],
+                        f"{prefix}_speed_error": res["speed_error"],
+                        f"{prefix}_static_fraction": res["static_fraction"], f"{prefix}_n": res["n"]})
+        write_gif(folder / f"{name}_grid.gif", swap_grid(res, frames, columns=3), fps=params.fps)
+        plot_confusion(folder / f"{name}_confusion.png", res["confusion"],
+                       f"{name.replace('_', '-')}: direction accuracy {res['direction_accuracy']:.0%}")
+        details[name] = {k: v for k, v in res.items() if k not in ("videos", "prompts")}
+        details[name]["first_frames"] = [f.origin for f in frames]
+        details[name]["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(folder / "prompt_swap.json", details)
+    return metrics
 
 
 def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | Path,
@@ -154,6 +211,10 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
     pipe = VideoPipeline.from_checkpoint(ckpt, device=params.device)
     data = ShardedDataset(Path(data_dir))
     split, records, real = held_out(data, params.split, params.max_clips)
+    if params.prompt_swap_clips > len(real):
+        _, swap_records, swap_clips = held_out(data, params.split, params.prompt_swap_clips)
+    else:
+        swap_records, swap_clips = records, real
     want = (pipe.frames, pipe.height, pipe.width)
     if real[0].shape[:3] != want:
         raise DataError(f"{data_dir}: clips are {'x'.join(map(str, real[0].shape[:3]))} (frames x H x W) but "
@@ -193,6 +254,8 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
+        if params.prompt_swap_clips or params.prompt_swap_drawn:
+            metrics.update(prompt_swap_section(pipe, params, swap_records, swap_clips, tmp / "prompt_swap"))
         grid_n = min(params.grid_clips, len(fake))
         grid = side_by_side(real[:grid_n], fake[:grid_n])
         write_gif(tmp / "grid.gif", grid, fps=params.fps)

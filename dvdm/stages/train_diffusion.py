@@ -8,6 +8,8 @@ conditioned on the first frame and, when the data has captions, on the frozen Mi
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,15 @@ def encode_split(data: ShardedDataset, split: str, space: TargetSpace, limit: in
     return raws, firsts, captions, originals
 
 
+def motion_check(pipe: VideoPipeline, frames: list, params: TrainParams) -> float:
+    """Direction accuracy of a quick prompt swap (8 directions at the middle speed) on a few first frames."""
+    from dvdm.evaluate.prompt_swap import run_prompt_swap
+
+    res = run_prompt_swap(lambda im, pr, se: pipe(im, pr, steps=params.sample_steps, guidance=params.guidance,
+                                                  seeds=se), frames, batch_size=8 * len(frames), speeds=[1])
+    return res["direction_accuracy"]
+
+
 def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
     unknown = set(cfg) - set(DIFFUSION_DEFAULTS)
     if unknown:
@@ -74,7 +85,7 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
         codec = AutoencoderResidualCodec(ae, "cpu")
         ae_config, ae_weights = as_dict(ae.config), {"autoencoder": ae.state_dict()}
     space = build_space(params.space, reference=params.diff_reference, codec=codec,
-                        block=codec.block if codec else 16)
+                        block=codec.block if codec else 16, dead_zone=params.dead_zone)
 
     started = time.perf_counter()
     raws, firsts, captions, _ = encode_split(data, "train", space, params.max_clips)
@@ -86,6 +97,13 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     encode_seconds = time.perf_counter() - started
 
     use_text = params.text and any(c.strip() for c in captions)
+    # a periodic prompt-swap check while training, when the held-out clips carry synthetic motion labels
+    check_frames = []
+    if use_text and params.check_clips:
+        from dvdm.evaluate.prompt_swap import held_out_first_frames
+
+        pairs = [(r, a["frames"]) for (r, a), _ in zip(data.iter_examples(eval_split), range(params.check_clips))]
+        check_frames = held_out_first_frames([r for r, _ in pairs], [c for _, c in pairs], params.check_clips)
     text_encoder = None
     tensors: dict[str, torch.Tensor] = {
         "x0": torch.from_numpy(np.stack([space.normalize(r) for r in raws])),
@@ -104,6 +122,8 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
         model = UNet3D(unet_config)
     except ValueError as exc:
         raise ConfigError(f"train.unet: {exc}") from None
+    if unet_config.text_whitening and "text" in tensors:
+        model.fit_text_whitening(tensors["text"])
     grid = space.grid(h, w)
     levels = len(unet_config.channel_mults) - 1
     if grid[0] % 2 ** levels or grid[1] % 2 ** levels:
@@ -133,13 +153,20 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
         gif, mp4 = folder / f"step_{step:06d}.gif", folder / f"step_{step:06d}.mp4"
         write_gif(gif, grid_v, fps=8)
         write_mp4(mp4, grid_v, fps=8)
+        if check_frames:
+            accuracy = motion_check(pipe, check_frames, params)
+            with open(out_dir / "metrics.jsonl", "a") as fh:  # beside the loss curve: DVC plots + MLflow
+                fh.write(json.dumps({"step": step, "check_direction_accuracy": accuracy}) + "\n")
+            print(f"step {step}: prompt-swap check, direction accuracy {accuracy:.0%} "
+                  f"({len(check_frames)} held-out first frames x 8 directions)", file=sys.stderr, flush=True)
         return [gif, mp4]
 
     cfg = TrainConfig(steps=params.steps, batch_size=params.batch_size, lr=params.lr, ema_decay=params.ema_decay,
                       grad_clip=params.grad_clip, seed=params.seed, device=params.device,
                       log_every=params.log_every, sample_every=params.sample_every,
                       checkpoint_every=params.checkpoint_every,
-                      max_seconds=params.max_seconds)
+                      max_seconds=params.max_seconds, warmup_steps=params.warmup_steps,
+                      lr_schedule=params.lr_schedule, min_lr_ratio=params.min_lr_ratio)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)

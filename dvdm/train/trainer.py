@@ -54,6 +54,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     max_seconds: float = 0.0       # > 0: also stop after this much training time (a compute budget)
+    warmup_steps: int = 0          # linear warm-up from 0 to lr
+    lr_schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio * lr at `steps`)
+    min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         from dvdm.errors import ConfigError
@@ -62,7 +65,28 @@ class TrainConfig:
             raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"warmup_steps must be >= 0 and min_lr_ratio within [0, 1], got "
+                              f"{self.warmup_steps} and {self.min_lr_ratio}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine decay.
+    A pure function of the step, so a resumed run continues on the same curve."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class Callback(Protocol):
@@ -202,6 +226,9 @@ class Trainer:
             log.warning("non-finite loss at step %d: step skipped", self.step)
             return None
         self.nan_steps = 0
+        lr = learning_rate(self.config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -215,7 +242,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update(self.model)
-        return {k: float(v.detach()) for k, v in out.items() if v.ndim == 0} | {"grad_norm": float(grad_norm)}
+        return ({k: float(v.detach()) for k, v in out.items() if v.ndim == 0}
+                | {"grad_norm": float(grad_norm), "lr": lr})
 
     def fit(self) -> Path:
         """Train to `config.steps` (or until `config.max_seconds` ran out); returns the final checkpoint path."""
