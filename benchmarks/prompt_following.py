@@ -81,6 +81,9 @@ def main() -> None:
         pipe.space.decode = decode
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.json:  # after every row, so a long sweep that is stopped keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"model": str(model), "data": args.data, "rows": rows}, indent=2))
 
     head = f"{'guidance':>8} {'steps':>5} {'dead zone':>9} | {'set':>8} {'n':>4} {'direction':>9} {'speed':>6} " \
            f"{'speed err':>9} {'static':>6} {'mv != 0':>7} {'s/clip':>6}"
@@ -95,9 +98,6 @@ def main() -> None:
             print(f"{row['guidance']:>8.1f} {row['steps']:>5d} {row['dead_zone']:>9.2f} | {name:>8} {r['n']:>4d} "
                   f"{r['direction_accuracy']:>9.1%} {r['speed_accuracy']:>6.1%} {r['speed_error']:>9.2f} "
                   f"{r['static_fraction']:>6.1%} {nz:>7} {r['seconds_per_clip']:>6.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": str(model), "data": args.data, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
