@@ -95,7 +95,7 @@ def verdicts(summary: dict) -> list[str]:
         (ma, sa, _), (mb, sb, _) = summary[a][metric], summary[b][metric]
         better = ma < mb if lower_better else ma > mb
         separated = abs(ma - mb) > sa + sb
-        word = ("better" if better else "worse") if separated else "within noise of"
+        word = ("better than" if better else "worse than") if separated else "within noise of"
         return f"{metric}: {a} {ma:.4g}+-{sa:.2g} is {word} {b} {mb:.4g}+-{sb:.2g}"
 
     lines = []
