@@ -50,6 +50,14 @@ METRICS = ("fvd", "kvd", "psnr", "ssim", "warping_error", "direction_accuracy", 
            "sample_seconds_per_clip")
 
 
+def _shown(path: Path) -> str:
+    """A path as the JSON keeps it: relative to the repository when inside it (no build-machine paths)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def run_seed(seed: int, args, data: Path, dec: Path, evaluate: EvaluateParams) -> list[dict]:
     work = args.work / f"seed{seed}"
     ae_dir = work / "autoencoder"
@@ -153,7 +161,7 @@ def main() -> int:
           f"{args.frames}x{args.size}x{args.size}, {args.train_clips} training clips, {args.test_clips} held-out; "
           f"FVD on {args.frames}-frame clips; total {time.perf_counter() - started:.0f} s)")
     if args.json:
-        write_json(args.json, {"benchmark": "quality", "unet": UNET, "args": {k: (str(v) if isinstance(v, Path) else v)
+        write_json(args.json, {"benchmark": "quality", "unet": UNET, "args": {k: (_shown(v) if isinstance(v, Path) else v)
                                                                                for k, v in vars(args).items()},
                                "rows": rows, "summary": summary, "verdicts": lines,
                                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
