@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dvdm.data.shards import ShardedDataset  # noqa: E402
-from dvdm.evaluate.prompt_swap import drawn_first_frames, held_out_first_frames, run_prompt_swap  # noqa: E402
+from dvdm.evaluate.prompt_swap import first_frame_sets, run_prompt_swap  # noqa: E402
 from dvdm.pipeline import VideoPipeline  # noqa: E402
 from dvdm.stages.evaluate import held_out  # noqa: E402
 
@@ -46,8 +46,8 @@ def main() -> None:
     ckpt = model / "checkpoint" if (model / "checkpoint" / "config.json").is_file() else model
     pipe = VideoPipeline.from_checkpoint(ckpt)
     _, records, clips = held_out(ShardedDataset(Path(args.data)), "test", args.clips)
-    sets = {"held_out": held_out_first_frames(records, clips, args.clips),
-            "drawn": drawn_first_frames(args.drawn, pipe.height, pipe.width, pipe.frames, seed=args.seed)}
+    sets = first_frame_sets(records, clips, args.clips, args.drawn, pipe.height, pipe.width, pipe.frames,
+                            seed=args.seed)
     rows = []
     for guidance, steps, dead_zone in itertools.product(args.guidance, args.steps, args.dead_zone):
         if hasattr(pipe.space, "dead_zone"):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from dvdm.codec.differences import integrate_differences
-from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, quantize_motion
+from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, check_dead_zone, quantize_motion
 from dvdm.codec.residuals import reconstruct
 from serving.errors import ManifestError
 
@@ -48,10 +48,10 @@ def check_spec(spec: dict[str, Any]) -> None:
         for key in ("block", "search", "motion_channels"):
             if not isinstance(spec.get(key), int) or spec[key] < 1:
                 raise ManifestError(f"manifest decode.{key} must be a positive integer")
-        dead_zone = spec.get("dead_zone", DEFAULT_DEAD_ZONE)
-        if not isinstance(dead_zone, (int, float)) or not 0.5 <= dead_zone <= spec["search"] + 0.5:
-            raise ManifestError(f"manifest decode.dead_zone must be a number within [0.5, search + 0.5], "
-                                f"got {dead_zone!r}")
+        try:
+            check_dead_zone(spec.get("dead_zone", DEFAULT_DEAD_ZONE), spec["search"])
+        except ValueError as exc:
+            raise ManifestError(f"manifest decode.{exc}") from None
         if not isinstance(spec.get("residual"), dict) or "graph" not in spec["residual"]:
             raise ManifestError("manifest decode.residual must name the residual decoder graph")
 

@@ -62,6 +62,13 @@ def test_mvres_with_autoencoder_decodes_exactly():
     old = {k: v for k, v in spec.items() if k != "dead_zone"}
     space.dead_zone = 0.5
     assert check_decode_spec(space, old, space.target_shape(5, 16, 24), frames(), residual)["passed"]
+    # a manifest with a dead zone the decoder cannot use is refused up front
+    from serving.decode import check_spec
+    from serving.errors import ManifestError
+
+    for bad in (0.2, 9.0, "wide", True):
+        with pytest.raises(ManifestError, match="dead_zone"):
+            check_spec({**spec, "dead_zone": bad})
 
 
 def test_lossless_codec_and_unknown_spaces_are_refused():

@@ -17,10 +17,17 @@ import numpy as np
 DEFAULT_DEAD_ZONE = 0.5
 
 
+def check_dead_zone(dead_zone: float, search: int) -> None:
+    """ValueError unless `dead_zone` is a number within [0.5, search + 0.5]."""
+    if isinstance(dead_zone, bool) or not isinstance(dead_zone, (int, float)) \
+            or not 0.5 <= dead_zone <= search + 0.5:
+        raise ValueError(f"dead_zone must be a number within [0.5, search + 0.5] = [0.5, {search + 0.5}], "
+                         f"got {dead_zone!r}")
+
+
 def quantize_motion(values: np.ndarray, search: int, dead_zone: float = DEFAULT_DEAD_ZONE) -> np.ndarray:
     """Float motion vectors (any shape) -> int16, dead-zoned, rounded and clipped to +-search."""
-    if not 0.5 <= dead_zone <= search + 0.5:
-        raise ValueError(f"dead_zone must be within [0.5, search + 0.5] = [0.5, {search + 0.5}], got {dead_zone}")
+    check_dead_zone(dead_zone, search)
     v = np.asarray(values, np.float32)
     magnitude = np.maximum(np.rint(np.abs(v)), 1.0)
     q = np.where(np.abs(v) < dead_zone, 0.0, np.sign(v) * magnitude)

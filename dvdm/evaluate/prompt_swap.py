@@ -140,6 +140,13 @@ def drawn_first_frames(n: int, height: int, width: int, frames: int, seed: int =
     return out
 
 
+def first_frame_sets(records: Sequence[dict], clips: Sequence[np.ndarray], held_out: int, drawn: int,
+                     height: int, width: int, frames: int, seed: int = 0) -> dict[str, list[FirstFrame]]:
+    """The test's two sets: `held_out` first frames of labelled held-out clips, `drawn` PIL-drawn ones."""
+    return {"held_out": held_out_first_frames(records, clips, held_out),
+            "drawn": drawn_first_frames(drawn, height, width, frames, seed=seed)}
+
+
 # ---------------------------------------------------------------------------------- the test
 def run_prompt_swap(generate: Generate, first_frames: Sequence[FirstFrame], seed: int = 0, batch_size: int = 8,
                     speeds: Sequence[int] | None = None) -> dict[str, Any]:

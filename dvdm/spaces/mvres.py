@@ -20,7 +20,7 @@ import numpy as np
 
 from dvdm.codec.compensate import grid_shape
 from dvdm.codec.decompose import DecomposeConfig, decompose
-from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, quantize_motion
+from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, check_dead_zone, quantize_motion
 from dvdm.codec.residuals import reconstruct
 from dvdm.spaces.base import TargetSpace
 
@@ -70,7 +70,7 @@ class MVResSpace(TargetSpace):
         self.search = search or codec.block
         self.strategy = strategy
         self._decompose_config = DecomposeConfig(block=self.block, search=self.search, strategy=strategy)
-        quantize_motion(np.zeros(1), self.search, self.dead_zone)  # a bad dead zone fails here, not at decode
+        check_dead_zone(self.dead_zone, self.search)  # a bad dead zone fails here, not at decode
 
     @property
     def channels(self) -> int:

@@ -158,14 +158,12 @@ def prompt_swap_section(pipe, params: EvaluateParams, records: list[dict], clips
     """The prompt-swap test (`dvdm.evaluate.prompt_swap`) on held-out and PIL-drawn first frames: metrics
     `swap_*` (held-out) and `drawn_*` (drawn), and into `folder`: a grid GIF per set (a row per prompt),
     confusion-matrix PNGs and `prompt_swap.json` with every sample's asked and measured motion."""
-    from dvdm.evaluate.prompt_swap import (
-        drawn_first_frames, held_out_first_frames, plot_confusion, run_prompt_swap, swap_grid)
+    from dvdm.evaluate.prompt_swap import first_frame_sets, plot_confusion, run_prompt_swap, swap_grid
     from dvdm.video.writer import write_gif
 
     guidance = params.prompt_swap_guidance or params.guidance
-    sets = {"held_out": held_out_first_frames(records, clips, params.prompt_swap_clips),
-            "drawn": drawn_first_frames(params.prompt_swap_drawn, pipe.height, pipe.width, pipe.frames,
-                                        seed=params.seed)}
+    sets = first_frame_sets(records, clips, params.prompt_swap_clips, params.prompt_swap_drawn, pipe.height,
+                            pipe.width, pipe.frames, seed=params.seed)
 
     def generate(images, prompts, seeds):
         return pipe(images, prompts, steps=params.steps, guidance=guidance, seeds=seeds, sampler=params.sampler)
