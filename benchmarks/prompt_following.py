@@ -70,9 +70,10 @@ def main() -> None:
             started = time.perf_counter()
             res = run_prompt_swap(lambda im, pr, se: pipe(im, pr, steps=steps, guidance=guidance, seeds=se),
                                   frames, seed=args.seed, batch_size=args.batch_size)
-            seconds = (time.perf_counter() - started) / res["n"]
+            seconds = (time.perf_counter() - started) / len(res["per_sample"])
             row[name] = {k: res[k] for k in ("n", "direction_accuracy", "speed_accuracy", "speed_error",
-                                             "static_fraction")} | {"seconds_per_clip": seconds}
+                                             "static_fraction", "n_out_of_frame", "all_prompts")} \
+                | {"seconds_per_clip": seconds}
             if hasattr(pipe.space, "dead_zone") and targets:
                 from dvdm.codec.quantize import quantize_motion
 
@@ -86,7 +87,7 @@ def main() -> None:
             args.json.write_text(json.dumps({"model": str(model), "data": args.data, "rows": rows}, indent=2))
 
     head = f"{'guidance':>8} {'steps':>5} {'dead zone':>9} | {'set':>8} {'n':>4} {'direction':>9} {'speed':>6} " \
-           f"{'speed err':>9} {'static':>6} {'mv != 0':>7} {'s/clip':>6}"
+           f"{'speed err':>9} {'static':>6} {'mv != 0':>7} {'s/clip':>6} | {'exits':>5} {'all dir':>7} {'all speed':>9}"
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -97,7 +98,9 @@ def main() -> None:
             nz = f"{r['nonzero_vectors']:.1%}" if "nonzero_vectors" in r else "-"
             print(f"{row['guidance']:>8.1f} {row['steps']:>5d} {row['dead_zone']:>9.2f} | {name:>8} {r['n']:>4d} "
                   f"{r['direction_accuracy']:>9.1%} {r['speed_accuracy']:>6.1%} {r['speed_error']:>9.2f} "
-                  f"{r['static_fraction']:>6.1%} {nz:>7} {r['seconds_per_clip']:>6.3f}")
+                  f"{r['static_fraction']:>6.1%} {nz:>7} {r['seconds_per_clip']:>6.3f} | "
+                  f"{r['n_out_of_frame']:>5d} {r['all_prompts']['direction_accuracy']:>7.1%} "
+                  f"{r['all_prompts']['speed_accuracy']:>9.1%}")
 
 
 if __name__ == "__main__":

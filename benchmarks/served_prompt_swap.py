@@ -103,7 +103,7 @@ def main() -> int:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         write_gif(args.grid, swap_grid(res, first, columns=4), fps=8)
     summary = {k: res[k] for k in ("n", "n_first_frames", "direction_accuracy", "speed_accuracy", "speed_error",
-                                   "static_fraction", "confusion")}
+                                   "static_fraction", "n_out_of_frame", "all_prompts", "confusion")}
     summary.update({"server": base if args.url else "dvdm serve (champion)", "model": model,
                     "backgrounds": sorted({f.origin for f in first}), "seconds_per_request": float(np.mean(seconds))})
     print(f"served champion, {res['n_first_frames']} PIL-drawn first frames x {res['prompts_per_frame']} prompts: "
@@ -111,7 +111,7 @@ def main() -> int:
           f"(chance 33.3 %), mean speed error {res['speed_error']:.2f} px/frame, static "
           f"{res['static_fraction']:.1%}, {np.mean(seconds):.2f} s per request")
     by_bg: dict[str, list[bool]] = {}
-    for s in res["per_sample"]:
+    for s in (s for s in res["per_sample"] if s["inside"]):
         by_bg.setdefault(first[s["frame"]].origin, []).append(s["measured_direction"] == s["direction_index"])
     for bg, hits in sorted(by_bg.items()):
         print(f"  {bg:16s} direction {np.mean(hits):.1%} (n={len(hits)})")

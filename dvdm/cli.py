@@ -102,6 +102,8 @@ def inspect(
     mv_source: Annotated[str, typer.Option("--mv-source", help="search (our SAD block matching) or ffmpeg (libx264).")]
     = "search",
     strategy: Annotated[str, typer.Option("--strategy", help="fast or full (exhaustive) search.")] = "fast",
+    match: Annotated[str, typer.Option("--match", help="Planes the search compares: yuv (luma + chroma) or "
+                                       "luma.")] = "yuv",
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Read at most this many frames.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write inspect.png, motion_field.png, "
@@ -123,7 +125,7 @@ def inspect(
         raise VideoError(f"{path}: has {frames.shape[0]} frame; at least 2 are needed to have motion")
     t, h, w, _ = frames.shape
     b = block or DecomposeConfig.default_block(h, w)
-    config = DecomposeConfig(block=b, search=search or b, strategy=strategy, mv_source=mv_source)
+    config = DecomposeConfig(block=b, search=search or b, strategy=strategy, mv_source=mv_source, match=match)
     started = time.perf_counter()
     d = run(frames, config)
     seconds = time.perf_counter() - started
@@ -132,7 +134,7 @@ def inspect(
     zero_motion = float(np.abs(frames[1:].astype(np.int16) - frames[:-1]).mean())
     report = {
         "path": str(path), "frames": t, "height": h, "width": w, "fps": video.info.fps,
-        "codec": video.info.codec, "block": b, "search": config.search, "mv_source": mv_source,
+        "codec": video.info.codec, "block": b, "search": config.search, "mv_source": mv_source, "match": match,
         "strategy": strategy, "mv_grid": [int(d.mv.shape[1]), int(d.mv.shape[2])],
         "residual_mean_abs": round(float(np.abs(d.residual).mean()), 4),
         "zero_motion_residual_mean_abs": round(zero_motion, 4),

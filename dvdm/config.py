@@ -47,13 +47,15 @@ class IngestParams:
 @dataclass
 class DecomposeParams:
     """Codec settings. block 0 = automatic (8 for clips up to 64x64, else 16); search 0 = same as block.
-    differences: D-VDM's reference frame ("first", "previous") or "none" to skip them."""
+    differences: D-VDM's reference frame ("first", "previous") or "none" to skip them. match: the planes the
+    motion search compares, "yuv" (luma + chroma) or "luma" (docs/DECISIONS.md)."""
 
     block: int = 0
     search: int = 0
     strategy: str = "fast"
     static_threshold: float = 0.0
     mv_source: str = "search"
+    match: str = "yuv"
     differences: str = "first"
     latent_channels: int = 5
     verify: bool = True

@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from dvdm.codec.quantize import quantize_motion
 from dvdm.config import EvaluateParams
-from dvdm.data.synthetic import COLORS, DIRECTIONS, SPEEDS, describe, speeds_px
+from dvdm.data.base import ClipSpec
+from dvdm.data.synthetic import (
+    COLORS, DIRECTIONS, SPEEDS, SyntheticSource, describe, speeds_px, trajectory_inside)
 from dvdm.evaluate.motion_following import estimate_motion
 from dvdm.evaluate.prompt_swap import (
-    BACKGROUNDS, FirstFrame, drawn_first_frames, plot_confusion, run_prompt_swap, swap_grid, swap_prompts)
+    BACKGROUNDS, FirstFrame, drawn_first_frames, held_out_first_frames, plot_confusion, run_prompt_swap, swap_grid,
+    swap_prompts)
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.spaces import Normalizer, build_space, space_from_state
 from dvdm.train.trainer import TrainConfig, learning_rate
@@ -95,6 +98,61 @@ def test_prompt_swap_scores_a_perfect_a_still_and_a_deaf_model():
     assert backwards["direction_accuracy"] == 0 and backwards["speed_accuracy"] == 1.0
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 60), st.integers(0, 7), st.integers(0, 2), st.sampled_from([32, 48, 64]))
+def test_trajectory_inside_means_the_whole_object_stays_in_view(x, y, d, s, size):
+    """The in-frame rule matches the pixels: inside <=> every frame shows the object's whole box."""
+    obj = max(4, round(12 * size / 64))
+    (ux, uy), _ = DIRECTIONS[d]
+    v = (ux * speeds_px(size, size)[s], uy * speeds_px(size, size)[s])
+    mask = np.ones((obj, obj), bool)
+    canvas = np.zeros((size + 200, size + 200), bool)  # room to draw outside the frame
+    whole = True
+    for k in range(8):
+        canvas[:] = False
+        cx, cy = 100 + x + v[0] * k, 100 + y + v[1] * k
+        canvas[cy:cy + obj, cx:cx + obj] = mask
+        whole &= canvas[100:100 + size, 100:100 + size].sum() == mask.sum()
+    assert trajectory_inside((x, y), obj, v, 8, size, size) == whole
+
+
+def test_generated_clips_stay_inside_and_held_out_frames_know_their_object():
+    src = SyntheticSource(ClipSpec(frames=8, height=64, width=64), num_train=0, num_val=0, num_test=12, seed=3)
+    clips = [src.make_clip("test", i) for i in range(12)]
+    for clip in clips:
+        o = clip.labels["objects"][0]
+        assert trajectory_inside(o["start"], o["size"], o["velocity"], 8, 64, 64)
+    frames = held_out_first_frames([{"id": c.id, "labels": c.labels} for c in clips], [c.frames for c in clips], 12)
+    assert len(frames) == 12 and all(f.box is not None for f in frames)
+    # each clip's own caption keeps its object inside; some swapped prompts would take it out
+    own = [swap_prompts(f.color, f.shape)[c.labels["speed_index"] * 8 + c.labels["direction_index"]]
+           for f, c in zip(frames, clips)]
+    assert all(f.inside(p, 8) for f, p in zip(frames, own))
+    assert not all(f.inside(p, 8) for f in frames for p in swap_prompts(f.color, f.shape))
+
+
+def test_prompt_swap_scores_only_motions_that_stay_in_the_frame():
+    """A held-out object near an edge asked to move out of the frame is not scored (the oracle, which wraps
+    around the border, would be misjudged there): the in-frame prompts of a perfect model score 100 %."""
+    src = SyntheticSource(ClipSpec(frames=8, height=64, width=64), num_train=0, num_val=0, num_test=6, seed=5)
+    clips = [src.make_clip("test", i) for i in range(6)]
+    frames = held_out_first_frames([{"id": c.id, "labels": c.labels} for c in clips], [c.frames for c in clips], 6)
+    res = run_prompt_swap(_oracle(), frames)
+    assert res["n_out_of_frame"] > 0 and res["n"] + res["n_out_of_frame"] == 6 * 24
+    assert res["direction_accuracy"] == res["speed_accuracy"] == 1.0
+    assert res["all_prompts"]["n"] == 6 * 24 and res["all_prompts"]["speed_accuracy"] < 1.0
+    assert np.asarray(res["confusion"]).sum() == res["n"]
+    assert sum(s["inside"] for s in res["per_sample"]) == res["n"]
+    # frames without a known object box score every prompt
+    unboxed = [FirstFrame(f.image, f.color, f.shape, f.origin) for f in frames]
+    assert run_prompt_swap(_oracle(), unboxed)["n"] == 6 * 24
+
+
+def test_drawn_first_frames_keep_every_prompt_inside():
+    frames = drawn_first_frames(8, 64, 64, 8, seed=0)
+    assert all(f.inside(p, 8) for f in frames for p in swap_prompts(f.color, f.shape))
+
+
 def test_swap_prompts_use_the_training_wording():
     prompts = swap_prompts("red", "circle")
     assert len(prompts) == 24 and len({p.text for p in prompts}) == 24
@@ -136,7 +194,8 @@ def test_evaluate_stage_runs_the_prompt_swap(tiny_model, tmp_path):
                             prompt_swap_clips=1, prompt_swap_drawn=1, prompt_swap_guidance=2.0)
     m = run_evaluate(params, tiny_model, tiny_model.parent / "ingested", tmp_path / "eval")
     for prefix in ("swap", "drawn"):
-        assert 0 <= m[f"{prefix}_direction_accuracy"] <= 1 and m[f"{prefix}_n"] == 24
+        assert 0 <= m[f"{prefix}_direction_accuracy"] <= 1
+        assert m[f"{prefix}_n"] + m[f"{prefix}_out_of_frame"] == 24 and 0 <= m[f"{prefix}_all_speed_accuracy"] <= 1
     folder = tmp_path / "eval" / "prompt_swap"
     for name in ("held_out_grid.gif", "drawn_grid.gif", "held_out_confusion.png", "drawn_confusion.png"):
         assert (folder / name).is_file(), name

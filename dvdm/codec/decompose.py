@@ -16,20 +16,21 @@ import numpy as np
 from dvdm.codec.compensate import grid_shape
 from dvdm.codec.kernels import residual_kernel
 from dvdm.codec.residuals import ResidualRoundTrip, closed_loop_residuals, reconstruct
-from dvdm.codec.search import SearchConfig, luma, match_blocks
+from dvdm.codec.search import SearchConfig, match_blocks, match_planes
 
 MV_SOURCES = ("search", "ffmpeg")
 
 
 @dataclass(frozen=True)
 class DecomposeConfig:
-    """block/search/strategy/static_threshold: see `SearchConfig`. mv_source: "search" or "ffmpeg"."""
+    """block/search/strategy/static_threshold/match: see `SearchConfig`. mv_source: "search" or "ffmpeg"."""
 
     block: int = 16
     search: int = 16
     strategy: str = "fast"
     static_threshold: float = 0.0
     mv_source: str = "search"
+    match: str = "luma"
 
     def __post_init__(self) -> None:
         from dvdm.errors import ConfigError
@@ -39,7 +40,7 @@ class DecomposeConfig:
         self.search_config()  # validates the rest
 
     def search_config(self) -> SearchConfig:
-        return SearchConfig(self.block, self.search, self.strategy, self.static_threshold)
+        return SearchConfig(self.block, self.search, self.strategy, self.static_threshold, self.match)
 
     @staticmethod
     def default_block(height: int, width: int) -> int:
@@ -98,8 +99,8 @@ def decompose(frames: np.ndarray, config: DecomposeConfig | None = None,
         info.update(ff_info)
         residual, _ = closed_loop_residuals(frames, mv, b, roundtrip)
     elif roundtrip is None:
-        y = luma(frames)
-        mv = match_blocks(y[1:], y[:-1], config.search_config())
+        planes = match_planes(frames, config.match)
+        mv = match_blocks(planes[1:], planes[:-1], config.search_config())
         residual = residual_kernel(frames[1:], frames[:-1], mv, b)
     else:
         mv = np.zeros((t - 1, *grid_shape(h, w, b), 2), np.int16)

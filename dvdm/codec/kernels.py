@@ -25,6 +25,24 @@ def luma_kernel(frames):
 
 
 @numba.njit(cache=True, nogil=True)
+def yuv_kernel(frames):
+    """BT.601 Y, Cb, Cr in integer arithmetic (Cb, Cr centred on 128) of uint8 (N, H, W, 3) frames as int32
+    (N, H, W, 3): the planes of a chroma-aware motion search."""
+    n, h, w, _ = frames.shape
+    out = np.empty((n, h, w, 3), np.int32)
+    for k in range(n):
+        for y in range(h):
+            for x in range(w):
+                r = np.int32(frames[k, y, x, 0])
+                g = np.int32(frames[k, y, x, 1])
+                b = np.int32(frames[k, y, x, 2])
+                out[k, y, x, 0] = (r * 77 + g * 150 + b * 29 + 128) >> 8
+                out[k, y, x, 1] = ((-43 * r - 85 * g + 128 * b + 128) >> 8) + 128
+                out[k, y, x, 2] = ((128 * r - 107 * g - 21 * b + 128) >> 8) + 128
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def residual_kernel(cur, ref, mv, block):
     """cur - motion_compensate(ref, mv, block) as int16, for (N, H, W, C) uint8 frames.
 
@@ -55,16 +73,19 @@ def residual_kernel(cur, ref, mv, block):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def sad(yc, yr, n, y0, x0, dx, dy, b, r, bound):
-    """SAD of the block at (y0, x0) against the reference displaced by (dx, dy); stops once > bound."""
+    """SAD over every plane of the block at (y0, x0) against the reference displaced by (dx, dy); stops
+    once > bound. yc, yr: (N, H, W, C) int32 planes (C = 1 for luma, 3 for Y, Cb, Cr)."""
     total = 0
     ry = y0 + dy + r
     rx = x0 + dx + r
+    c = yc.shape[3]
     for j in range(b):
         row_c = yc[n, y0 + j, x0:x0 + b]
         row_r = yr[n, ry + j, rx:rx + b]
         acc = 0
         for i in range(b):
-            acc += abs(row_c[i] - row_r[i])
+            for ch in range(c):
+                acc += abs(row_c[i, ch] - row_r[i, ch])
         total += acc
         if total > bound:
             return total

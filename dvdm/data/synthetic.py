@@ -45,6 +45,23 @@ def speeds_px(height: int, width: int) -> list[int]:
     return [max(base, int(np.floor(base * scale + 0.5))) for _, base in SPEEDS]
 
 
+def start_range(size: float, velocity: tuple[float, float], frames: int, height: int,
+                width: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((x_lo, x_hi), (y_lo, y_hi)): the top-left corners from which a `size` px object moving at `velocity`
+    px per frame stays wholly inside the frame for `frames` frames (an empty range when none does)."""
+    (vx, vy), n = velocity, frames - 1
+    return ((max(0, -vx * n), width - size - max(0, vx * n)),
+            (max(0, -vy * n), height - size - max(0, vy * n)))
+
+
+def trajectory_inside(start: tuple[float, float], size: float, velocity: tuple[float, float], frames: int,
+                      height: int, width: int) -> bool:
+    """Whether an object with top-left corner `start` stays wholly inside the frame along its trajectory,
+    as every captioned motion of this generator does."""
+    (x_lo, x_hi), (y_lo, y_hi) = start_range(size, velocity, frames, height, width)
+    return x_lo <= start[0] <= x_hi and y_lo <= start[1] <= y_hi
+
+
 def describe(color: str, shape: str, speed_index: int, direction_index: int) -> str:
     """The caption of one object's motion: "a red circle moves slowly up and to the left"."""
     return f"a {color} {shape} moves {SPEEDS[speed_index][0]} {DIRECTIONS[direction_index][1]}"
@@ -151,8 +168,7 @@ class SyntheticSource:
         vx, vy = ux * speed_px, uy * speed_px
         size, (h, w), t = self.object_px, (self.spec.height, self.spec.width), self.spec.frames
         # start so that the whole trajectory stays inside the frame
-        x_lo, x_hi = max(0, -vx * (t - 1)), w - size - max(0, vx * (t - 1))
-        y_lo, y_hi = max(0, -vy * (t - 1)), h - size - max(0, vy * (t - 1))
+        (x_lo, x_hi), (y_lo, y_hi) = start_range(size, (vx, vy), t, h, w)
         x0, y0 = int(rng.integers(x_lo, x_hi + 1)), int(rng.integers(y_lo, y_hi + 1))
         return {"shape": shape, "color": color, "direction": words, "direction_index": d,
                 "unit": [ux, uy], "speed": SPEEDS[s][0], "speed_index": s, "speed_px": speed_px,

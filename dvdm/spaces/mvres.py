@@ -62,14 +62,17 @@ class MVResSpace(TargetSpace):
     name = "mvres"
 
     def __init__(self, codec: ResidualCodec, search: int | None = None, strategy: str = "fast",
-                 dead_zone: float = DEFAULT_DEAD_ZONE):
+                 dead_zone: float = DEFAULT_DEAD_ZONE, match: str = "luma", static_threshold: float = 0.0):
         super().__init__()
         self.codec = codec
         self.dead_zone = float(dead_zone)
         self.block = codec.block
         self.search = search or codec.block
         self.strategy = strategy
-        self._decompose_config = DecomposeConfig(block=self.block, search=self.search, strategy=strategy)
+        self.match = match
+        self.static_threshold = float(static_threshold)
+        self._decompose_config = DecomposeConfig(block=self.block, search=self.search, strategy=strategy,
+                                                 static_threshold=self.static_threshold, match=match)
         check_dead_zone(self.dead_zone, self.search)  # a bad dead zone fails here, not at decode
 
     @property
@@ -101,5 +104,6 @@ class MVResSpace(TargetSpace):
         return reconstruct(first_frame, mv, residual, self.block)
 
     def config(self) -> dict[str, Any]:
-        return {"block": self.block, "search": self.search, "strategy": self.strategy, "dead_zone": self.dead_zone,
+        return {"block": self.block, "search": self.search, "strategy": self.strategy, "match": self.match,
+                "static_threshold": self.static_threshold, "dead_zone": self.dead_zone,
                 "latent_channels": self.codec.latent_channels, "codec": type(self.codec).__name__}

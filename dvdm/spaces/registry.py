@@ -15,7 +15,8 @@ SPACES = ("rgb", "diff", "mvres")
 
 
 def build_space(name: str, *, reference: str = "first", codec=None, block: int = 16, search: int | None = None,
-                strategy: str = "fast", dead_zone: float = DEFAULT_DEAD_ZONE) -> TargetSpace:
+                strategy: str = "fast", dead_zone: float = DEFAULT_DEAD_ZONE, match: str = "luma",
+                static_threshold: float = 0.0) -> TargetSpace:
     """A space by name. `mvres` takes a residual codec (the autoencoder); without one it is lossless."""
     if name == "rgb":
         return RGBSpace()
@@ -24,7 +25,7 @@ def build_space(name: str, *, reference: str = "first", codec=None, block: int =
     if name == "mvres":
         try:
             return MVResSpace(codec or PixelUnshuffleResidualCodec(block), search=search, strategy=strategy,
-                              dead_zone=dead_zone)
+                              dead_zone=dead_zone, match=match, static_threshold=static_threshold)
         except ValueError as exc:
             raise ConfigError(f"mvres: {exc}") from None
     raise ConfigError(f"unknown target space {name!r}; choose one of {', '.join(SPACES)}")
@@ -35,9 +36,10 @@ def space_from_state(state: dict[str, Any], codec=None) -> TargetSpace:
     cfg = state.get("config", {})
     name = state["name"]
     if name == "mvres":
-        # models saved before the dead zone existed decoded with plain rounding (0.5)
+        # models saved before a setting existed: plain rounding (dead zone 0.5), luma matching, no threshold
         space = build_space(name, codec=codec, block=cfg["block"], search=cfg["search"], strategy=cfg["strategy"],
-                            dead_zone=cfg.get("dead_zone", DEFAULT_DEAD_ZONE))
+                            dead_zone=cfg.get("dead_zone", DEFAULT_DEAD_ZONE), match=cfg.get("match", "luma"),
+                            static_threshold=cfg.get("static_threshold", 0.0))
         if space.channels != 2 + cfg["latent_channels"]:
             raise ConfigError(f"mvres: the residual codec has {space.channels - 2} latent channels, the saved "
                               f"model expects {cfg['latent_channels']}")

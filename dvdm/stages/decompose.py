@@ -25,7 +25,7 @@ def codec_config(params: DecomposeParams, height: int, width: int) -> DecomposeC
     """Resolve the automatic block size / search range for a clip size."""
     block = params.block or DecomposeConfig.default_block(height, width)
     return DecomposeConfig(block=block, search=params.search or block, strategy=params.strategy,
-                           static_threshold=params.static_threshold, mv_source=params.mv_source)
+                           static_threshold=params.static_threshold, mv_source=params.mv_source, match=params.match)
 
 
 def target_sizes(frames: int, height: int, width: int, block: int, latent_channels: int) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def run_decompose(params: DecomposeParams, in_dir: str | Path, out_dir: str | Pa
         stats = {
             "clips": n_clips, "frames": t, "height": h, "width": w,
             "codec": {"block": b, "search": r, "strategy": config.strategy, "mv_source": config.mv_source,
-                      "static_threshold": config.static_threshold},
+                      "static_threshold": config.static_threshold, "match": config.match},
             "residual": {"mean_abs": abs_sum / n_values, "mean_square": sq_sum / n_values,
                          "zero_fraction": zero_count / n_values},
             "differences": ({"reference": params.differences,

@@ -141,10 +141,14 @@ def _report(metrics: dict[str, Any], params: EvaluateParams) -> str:
         prefix = "swap" if name == "held_out" else "drawn"
         if f"{prefix}_direction_accuracy" in metrics:
             lines += [f"## Prompt swap: {name.replace('_', '-')} first frames", "",
-                      f"Every first frame generated with all 24 prompts (8 directions x 3 speeds): direction "
-                      f"{metrics[f'{prefix}_direction_accuracy']:.1%} (chance 12.5 %), speed "
-                      f"{metrics[f'{prefix}_speed_accuracy']:.1%} (chance 33.3 %), mean speed error "
-                      f"{metrics[f'{prefix}_speed_error']:.2f} px/frame, n = {metrics[f'{prefix}_n']}.", "",
+                      f"Every first frame generated with all 24 prompts (8 directions x 3 speeds). Scored: the "
+                      f"{metrics[f'{prefix}_n']} prompts whose motion keeps the object inside the frame (as every "
+                      f"training caption does): direction {metrics[f'{prefix}_direction_accuracy']:.1%} (chance "
+                      f"12.5 %), speed {metrics[f'{prefix}_speed_accuracy']:.1%} (chance 33.3 %), mean speed "
+                      f"error {metrics[f'{prefix}_speed_error']:.2f} px/frame. With the "
+                      f"{metrics[f'{prefix}_out_of_frame']} prompts that would take it out of the frame: direction "
+                      f"{metrics[f'{prefix}_all_direction_accuracy']:.1%}, speed "
+                      f"{metrics[f'{prefix}_all_speed_accuracy']:.1%}.", "",
                       f"![prompt swap](prompt_swap/{name}_grid.gif)", "",
                       f"![confusion](prompt_swap/{name}_confusion.png)", ""]
     return "\n".join(lines)
@@ -180,7 +184,10 @@ def prompt_swap_section(pipe, params: EvaluateParams, records: list[dict], clips
         metrics.update({f"{prefix}_direction_accuracy": res["direction_accuracy"],
                         f"{prefix}_speed_accuracy": res["speed_accuracy"],
                         f"{prefix}_speed_error": res["speed_error"],
-                        f"{prefix}_static_fraction": res["static_fraction"], f"{prefix}_n": res["n"]})
+                        f"{prefix}_static_fraction": res["static_fraction"], f"{prefix}_n": res["n"],
+                        f"{prefix}_out_of_frame": res["n_out_of_frame"],
+                        f"{prefix}_all_direction_accuracy": res["all_prompts"]["direction_accuracy"],
+                        f"{prefix}_all_speed_accuracy": res["all_prompts"]["speed_accuracy"]})
         write_gif(folder / f"{name}_grid.gif", swap_grid(res, frames, columns=3), fps=params.fps)
         plot_confusion(folder / f"{name}_confusion.png", res["confusion"],
                        f"{name.replace('_', '-')}: direction accuracy {res['direction_accuracy']:.0%}")

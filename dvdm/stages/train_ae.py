@@ -59,13 +59,26 @@ def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim(x, y, data_range=255.0, kernel_size=7 if min(a.shape[1:3]) < 64 else 11))
 
 
-def evaluate_roundtrip(roundtrip, clips, block: int, search: int) -> dict[str, float]:
+SEARCH_SETTINGS = ("search", "strategy", "static_threshold", "match")  # what the ED-VDM space re-runs
+
+
+def search_settings(codec: dict[str, Any] | None, block: int) -> dict[str, Any]:
+    """The motion-search settings in a codec record (decompose's stats.json, a train-ae checkpoint), with
+    the values of records written before a setting existed (search = block, luma matching)."""
+    settings = {"search": block, "strategy": "fast", "static_threshold": 0.0, "match": "luma"}
+    settings.update({k: v for k, v in (codec or {}).items() if k in SEARCH_SETTINGS})
+    return settings
+
+
+def evaluate_roundtrip(roundtrip, clips, block: int, search: int | dict[str, Any]) -> dict[str, float]:
     """Residual PSNR and clip reconstruction of a lossy residual code on held-out clips.
 
     `roundtrip(residuals (N, H, W, 3) float32) -> reconstructed residuals` is the code under test (the
     autoencoder, a linear baseline, or zeros = motion vectors alone). The clip is re-encoded with the code
     *in the loop* (closed loop, as the ED-VDM space encodes), and also decoded open loop for comparison.
+    `search`: the search range, or every `SEARCH_SETTINGS` value.
     """
+    settings = search if isinstance(search, dict) else {"search": search}
     # PSNRs come from the MSE pooled over all clips: a per-clip mean turns infinite as soon as one clip is
     # reconstructed exactly (common for synthetic clips with integer motion).
     res_err, rec_err, open_err, rec_ssim = [], [], [], []
@@ -74,7 +87,7 @@ def evaluate_roundtrip(roundtrip, clips, block: int, search: int) -> dict[str, f
         r_hat = roundtrip(residual.astype(np.float32))
         res_err.append(mse(residual, r_hat))
         open_err.append(mse(frames[1:], reconstruct(first, mv, r_hat, block)[1:]))
-        d = decompose(frames, DecomposeConfig(block=block, search=search),
+        d = decompose(frames, DecomposeConfig(block=block, **settings),
                       roundtrip=lambda r: roundtrip(r[None].astype(np.float32))[0])
         recon = reconstruct(d.first_frame, d.mv, roundtrip(d.residual.astype(np.float32)), block)
         rec_err.append(mse(frames[1:], recon[1:]))
@@ -84,7 +97,8 @@ def evaluate_roundtrip(roundtrip, clips, block: int, search: int) -> dict[str, f
             "open_loop_reconstruction_psnr": psnr_of_mse(np.mean(open_err)), "eval_clips": len(clips)}
 
 
-def evaluate_codec(model: ResidualAutoencoder, clips, block: int, search: int, device) -> dict[str, float]:
+def evaluate_codec(model: ResidualAutoencoder, clips, block: int, search: dict[str, Any],
+                   device) -> dict[str, float]:
     """`evaluate_roundtrip` with the residual autoencoder as the code (ED-VDM's upper bound)."""
     codec = AutoencoderResidualCodec(model, device)
     if not clips:
@@ -106,11 +120,12 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
     split = "val" if data.splits()["val"] else "test"
     _, eval_clips = load_residuals(data, split, params.eval_clips)
     stats_file = Path(decomposed_dir) / "stats.json"
-    search = block
+    codec: dict[str, Any] = {}
     if stats_file.is_file():
         import json
 
-        search = json.loads(stats_file.read_text())["codec"]["search"]
+        codec = json.loads(stats_file.read_text())["codec"]
+    search = search_settings(codec, block)
 
     ae_kwargs: dict[str, Any] = {"block": block, "latent_channels": params.latent_channels,
                                  "base_channels": params.base_channels, "kl": params.kl,
@@ -134,7 +149,8 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
     if not resume:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     trainer = Trainer(model, loss_fn, {"residual": train}, cfg, out_dir, kind="dvdm-autoencoder",
-                      checkpoint_config={"autoencoder": as_dict(ae_config), "block": block, "search": search,
+                      checkpoint_config={"autoencoder": as_dict(ae_config), "block": block,
+                                         "search": search["search"], "codec": search,
                                          "params": as_dict(params)},
                       callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)])
     if resume and (out_dir / "checkpoint").exists():
@@ -152,12 +168,24 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> ResidualAutoencoder:
     """The EMA weights of a train-ae checkpoint (directory `checkpoint` or its parent)."""
+    ckpt = _autoencoder_checkpoint(path)
+    model = ResidualAutoencoder(AutoencoderConfig.from_dict(ckpt.config["autoencoder"]))
+    model.load_state_dict(ckpt.weights("ema", device))
+    return model.to(device).eval()
+
+
+def autoencoder_search_settings(path: str | Path) -> dict[str, Any]:
+    """The motion-search settings the autoencoder's residuals were made with (`SEARCH_SETTINGS`), which the
+    ED-VDM space must use to encode the same residuals."""
+    config = _autoencoder_checkpoint(path).config
+    recorded = {"search": config["search"]} if config.get("search") else {}  # older checkpoints: search only
+    return search_settings({**recorded, **config.get("codec", {})}, int(config["block"]))
+
+
+def _autoencoder_checkpoint(path: str | Path):
     from dvdm.train.checkpoint import load_checkpoint
 
     p = Path(path)
     if (p / "checkpoint" / "config.json").is_file():
         p = p / "checkpoint"
-    ckpt = load_checkpoint(p, kind="dvdm-autoencoder")
-    model = ResidualAutoencoder(AutoencoderConfig.from_dict(ckpt.config["autoencoder"]))
-    model.load_state_dict(ckpt.weights("ema", device))
-    return model.to(device).eval()
+    return load_checkpoint(p, kind="dvdm-autoencoder")

@@ -79,13 +79,17 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
         if autoencoder_dir is None:
             raise ConfigError("space mvres needs a trained residual autoencoder (--autoencoder DIR from train-ae)")
         from dvdm.spaces.ae_codec import AutoencoderResidualCodec
-        from dvdm.stages.train_ae import load_autoencoder
+        from dvdm.stages.train_ae import autoencoder_search_settings, load_autoencoder
 
         ae = load_autoencoder(autoencoder_dir)
         codec = AutoencoderResidualCodec(ae, "cpu")
         ae_config, ae_weights = as_dict(ae.config), {"autoencoder": ae.state_dict()}
+        # encode with the motion search the autoencoder's residuals came from (decompose's settings)
+        search = autoencoder_search_settings(autoencoder_dir)
+    else:
+        search = {}
     space = build_space(params.space, reference=params.diff_reference, codec=codec,
-                        block=codec.block if codec else 16, dead_zone=params.dead_zone)
+                        block=codec.block if codec else 16, dead_zone=params.dead_zone, **search)
 
     started = time.perf_counter()
     raws, firsts, captions, _ = encode_split(data, "train", space, params.max_clips)
