@@ -83,3 +83,36 @@ def test_results_are_deterministic():
     v = translating(2, 3)
     cfg = SearchConfig(block=8, search=8)
     np.testing.assert_array_equal(match_blocks(v[1:], v[:-1], cfg), match_blocks(v[1:], v[:-1], cfg))
+
+
+def _isoluminant_object(match: str) -> np.ndarray:
+    """Vectors of a blue square moving 2 px right per frame on a grey background of the same luma."""
+    grey = (50 * 77 + 80 * 150 + 230 * 29 + 128) >> 8        # the luma of (50, 80, 230)
+    frames = np.full((4, 32, 32, 3), grey, np.uint8)
+    for k in range(4):
+        frames[k, 10:18, 6 + 2 * k:14 + 2 * k] = (50, 80, 230)
+    return match_blocks(frames[1:], frames[:-1], SearchConfig(block=8, search=8, strategy="full", match=match))
+
+
+def test_chroma_matching_sees_an_object_that_luma_cannot():
+    """Luma matching is blind to an object of its background's luma (every SAD is 0, so every vector stays
+    zero and the motion would go to the residual); luma + chroma finds the true motion."""
+    assert not _isoluminant_object("luma").any()
+    yuv = _isoluminant_object("yuv")
+    assert (yuv[:, 1, 1] == (-2, 0)).all()  # the block the square covers in every frame points back 2 px
+
+
+@pytest.mark.parametrize("velocity", [(3, 2), (-4, -6)])
+def test_chroma_matching_recovers_known_translation(velocity):
+    dx, dy = velocity
+    v = translating(dx, dy)
+    mv = match_blocks(v[1:], v[:-1], SearchConfig(block=8, search=8, match="yuv"))
+    interior = mv[:, 1:-1, 1:-1]
+    assert (interior[..., 0] == -dx).all() and (interior[..., 1] == -dy).all()
+
+
+def test_unknown_match_planes_are_refused():
+    from dvdm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="match must be one of"):
+        SearchConfig(match="rgb")

@@ -19,7 +19,7 @@ from dvdm.diffusion import (
     DDPMSampler,
     GaussianDiffusion,
     batched_guidance,
-    guided,
+    check_scale,
     make_betas,
     randn,
     spaced_timesteps,
@@ -503,20 +503,6 @@ class Counting:
         return self.fn(x, t, **kwargs)
 
 
-def test_guided_scale_one_is_conditional_with_one_call():
-    cond, uncond = Counting(lambda x, t: x + 1), Counting(lambda x, t: x - 1)
-    x, t = torch.randn(2, 3), torch.tensor([4, 5])
-    out = guided(cond, uncond, 1.0)(x, t)
-    assert torch.equal(out, x + 1) and cond.calls == 1 and uncond.calls == 0
-
-
-def test_guided_scale_zero_is_unconditional_and_scale_mixes():
-    cond, uncond = Counting(lambda x, t: x + 1), Counting(lambda x, t: x - 1)
-    x, t = torch.randn(2, 3), torch.tensor([4, 5])
-    assert torch.equal(guided(cond, uncond, 0.0)(x, t), x - 1) and cond.calls == 0
-    torch.testing.assert_close(guided(cond, uncond, 3.0)(x, t), (x - 1) + 3.0 * 2)
-
-
 def test_batched_guidance_one_forward():
     def net(x, t, emb, flag=None):
         return x * emb[:, :1] + t.float()[:, None]
@@ -549,7 +535,7 @@ def test_batched_guidance_batches_differing_flags():
 @pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf"), "2", True])
 def test_guidance_rejects_bad_scale(scale):
     with pytest.raises(ValueError):
-        guided(lambda x, t: x, lambda x, t: x, scale)
+        check_scale(scale)
     with pytest.raises(ValueError):
         batched_guidance(lambda x, t: x, torch.zeros(1), torch.zeros(1), {}, {}, scale)
 

@@ -68,7 +68,9 @@ def checkpoints(tmp_path_factory, one_thread) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export_models")
     run_ingest(IngestParams(frames=6, height=32, width=32,
                             options={"num_train": 3, "num_val": 1, "num_test": 1, "seed": 3}), root / "ingested")
-    run_decompose(DecomposeParams(block=8), root / "ingested", root / "decomposed")
+    # non-default search settings: they must reach the ED-VDM space through the autoencoder checkpoint
+    run_decompose(DecomposeParams(block=8, strategy="full", static_threshold=0.5, match="yuv"), root / "ingested",
+                  root / "decomposed")
     run_train_ae(TrainAEParams(steps=2, batch_size=4, base_channels=8, eval_clips=1, log_every=1),
                  root / "decomposed", root / "ae")
     out = {}
@@ -83,6 +85,17 @@ def checkpoints(tmp_path_factory, one_thread) -> dict[str, Path]:
             randomise_zero_weights(f, seed=i)
         out[space] = root / space
     return out
+
+
+def test_decompose_search_settings_reach_the_ed_vdm_space(checkpoints):
+    """Regression: train-diffusion rebuilt the space with the default search whatever decompose said, so the
+    diffusion targets were encoded with other vectors than the autoencoder's residuals."""
+    from dvdm.stages.train_ae import autoencoder_search_settings
+
+    assert autoencoder_search_settings(checkpoints["mvres"].parent / "ae") == \
+        {"search": 8, "strategy": "full", "static_threshold": 0.5, "match": "yuv"}
+    space = VideoPipeline.from_checkpoint(checkpoints["mvres"] / "checkpoint", device="cpu").space
+    assert (space.search, space.strategy, space.static_threshold, space.match) == (8, "full", 0.5, "yuv")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dvdm.codec.quantize import quantize_motion
 from dvdm.config import EvaluateParams
 from dvdm.data.base import ClipSpec
 from dvdm.data.synthetic import (
-    COLORS, DIRECTIONS, SPEEDS, SyntheticSource, describe, speeds_px, trajectory_inside)
+    COLORS, DIRECTIONS, SHAPES, SPEEDS, SyntheticSource, describe, speeds_px, trajectory_inside)
 from dvdm.evaluate.motion_following import estimate_motion
 from dvdm.evaluate.prompt_swap import (
     BACKGROUNDS, FirstFrame, drawn_first_frames, held_out_first_frames, plot_confusion, run_prompt_swap, swap_grid,
@@ -62,17 +62,64 @@ def test_mvres_dead_zone_removes_jitter_from_noisy_still_motion():
                                                           if k != "dead_zone"}}).dead_zone == 0.5
 
 
+def test_mvres_search_settings_travel_with_the_saved_space():
+    space = build_space("mvres", block=8, match="yuv", static_threshold=0.25, strategy="full")
+    space.normalizer = Normalizer([0.0] * space.channels, [1.0] * space.channels)
+    again = space_from_state(space.state())
+    assert (again.match, again.static_threshold, again.strategy) == ("yuv", 0.25, "full")
+    # spaces saved before these settings existed searched on luma with no threshold
+    old = {**space.state(), "config": {k: v for k, v in space.state()["config"].items()
+                                       if k not in ("match", "static_threshold")}}
+    assert (space_from_state(old).match, space_from_state(old).static_threshold) == ("luma", 0.0)
+
+
 # ------------------------------------------------------------------------------ prompt swap
+def _exact(images, prompts, seeds):
+    """A perfect model for held-out frames: moves the frame's object (its box, known from the labels of
+    `_held_out`) the asked way over the unchanged background, letting it leave the frame."""
+    out = []
+    for image, prompt in zip(images, prompts):
+        d, sp = _LOOKUP[prompt]
+        (ux, uy), _ = DIRECTIONS[d]
+        s = speeds_px(*image.shape[:2])[sp]
+        x, y, size = _BOXES[image.tobytes()]
+        patch = image[y:y + size, x:x + size].copy()
+        background = image.copy()
+        background[y:y + size, x:x + size] = image[0, 0]
+        pad = 40
+        frames = []
+        for k in range(8):
+            big = np.pad(background, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            top, left = pad + y + uy * s * k, pad + x + ux * s * k
+            big[top:top + size, left:left + size] = patch
+            frames.append(big[pad:-pad, pad:-pad])
+        out.append(np.stack(frames))
+    return np.stack(out)
+
+
+_LOOKUP = {describe(c, s, sp, d): (d, sp) for c in COLORS for s in SHAPES for sp in range(len(SPEEDS))
+           for d in range(len(DIRECTIONS))}
+_BOXES: dict[bytes, tuple[int, int, int]] = {}
+
+
+def _held_out(n: int, seed: int) -> list[FirstFrame]:
+    """First frames of `n` generated plain-background test clips, their object boxes noted for `_exact`."""
+    src = SyntheticSource(ClipSpec(frames=8, height=64, width=64), num_train=0, num_val=0, num_test=n, seed=seed,
+                          textured_background_prob=0.0)
+    clips = [src.make_clip("test", i) for i in range(n)]
+    frames = held_out_first_frames([{"id": c.id, "labels": c.labels} for c in clips], [c.frames for c in clips], n)
+    for f in frames:
+        _BOXES[f.image.tobytes()] = tuple(int(v) for v in f.box)
+    return frames
+
+
 def _oracle(flip: bool = False, still: bool = False, fixed: int | None = None):
     """A stand-in model that moves the whole first frame the way the prompt says (or not)."""
-    lookup = {describe(c, s, sp, d): (d, sp) for c in COLORS for s in ("circle", "square", "triangle", "diamond",
-                                                                         "cross")
-              for sp in range(len(SPEEDS)) for d in range(len(DIRECTIONS))}
 
     def generate(images, prompts, seeds):
         out = []
         for image, prompt in zip(images, prompts):
-            d, sp = lookup[prompt]
+            d, sp = _LOOKUP[prompt]
             if fixed is not None:
                 d = fixed
             (ux, uy), _ = DIRECTIONS[d]
@@ -132,20 +179,22 @@ def test_generated_clips_stay_inside_and_held_out_frames_know_their_object():
 
 
 def test_prompt_swap_scores_only_motions_that_stay_in_the_frame():
-    """A held-out object near an edge asked to move out of the frame is not scored (the oracle, which wraps
-    around the border, would be misjudged there): the in-frame prompts of a perfect model score 100 %."""
-    src = SyntheticSource(ClipSpec(frames=8, height=64, width=64), num_train=0, num_val=0, num_test=6, seed=5)
-    clips = [src.make_clip("test", i) for i in range(6)]
-    frames = held_out_first_frames([{"id": c.id, "labels": c.labels} for c in clips], [c.frames for c in clips], 6)
-    res = run_prompt_swap(_oracle(), frames)
+    """A held-out object near an edge asked to move out of the frame is not scored: even a perfect model's
+    exit is mistimed by the pixel tracker (the visible part's median slows as the object leaves), and no
+    training caption asks for one. The in-frame prompts of a perfect model score 100 %."""
+    frames = _held_out(6, seed=5)
+    res = run_prompt_swap(_exact, frames)
     assert res["n_out_of_frame"] > 0 and res["n"] + res["n_out_of_frame"] == 6 * 24
     assert res["direction_accuracy"] == res["speed_accuracy"] == 1.0
+    exits = [s for s in res["per_sample"] if not s["inside"]]
+    assert all(s["measured_direction"] == s["direction_index"] for s in exits)
+    assert not all(s["measured_speed"] == s["speed_index"] for s in exits)
     assert res["all_prompts"]["n"] == 6 * 24 and res["all_prompts"]["speed_accuracy"] < 1.0
     assert np.asarray(res["confusion"]).sum() == res["n"]
     assert sum(s["inside"] for s in res["per_sample"]) == res["n"]
     # frames without a known object box score every prompt
     unboxed = [FirstFrame(f.image, f.color, f.shape, f.origin) for f in frames]
-    assert run_prompt_swap(_oracle(), unboxed)["n"] == 6 * 24
+    assert run_prompt_swap(_exact, unboxed)["n"] == 6 * 24
 
 
 def test_drawn_first_frames_keep_every_prompt_inside():

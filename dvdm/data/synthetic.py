@@ -105,13 +105,14 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 class SyntheticSource:
     """Moving shapes. Options: counts per split, seed, probabilities of a second object and of a textured
-    background, and object size (in px at 64x64)."""
+    background, object size and its jitter (in px at 64x64; each object's box is drawn uniformly within
+    object_size +- size_jitter)."""
 
     name = "synthetic"
 
     def __init__(self, spec: ClipSpec, num_train: int = 256, num_val: int = 32, num_test: int = 32,
                  seed: int = 0, second_object_prob: float = 0.3, textured_background_prob: float = 0.5,
-                 object_size: int = 12):
+                 object_size: int = 12, size_jitter: int = 0):
         for key, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 0:
                 raise ConfigError(f"synthetic: {key} must be >= 0, got {value}")
@@ -125,13 +126,16 @@ class SyntheticSource:
         self.second_object_prob = second_object_prob
         self.textured_background_prob = textured_background_prob
         self.scale = min(spec.height, spec.width) / 64.0
+        if not 0 <= size_jitter < object_size:
+            raise ConfigError(f"synthetic: size_jitter must be within [0, object_size), got {size_jitter}")
         self.object_px = max(4, int(round(object_size * self.scale)))
+        self.jitter_px = min(int(round(size_jitter * self.scale)), self.object_px - 4)
         self.speeds = speeds_px(spec.height, spec.width)
         travel = self.speeds[-1] * (spec.frames - 1)
-        if travel + self.object_px > min(spec.height, spec.width):
+        if travel + self.object_px + self.jitter_px > min(spec.height, spec.width):
             raise ConfigError(
-                f"synthetic: a {self.object_px}px object moving {travel}px over {spec.frames} frames does not "
-                f"fit a {spec.height}x{spec.width} clip; use fewer frames or a larger size")
+                f"synthetic: a {self.object_px + self.jitter_px}px object moving {travel}px over {spec.frames} "
+                f"frames does not fit a {spec.height}x{spec.width} clip; use fewer frames or a larger size")
 
     @classmethod
     def options_help(cls) -> dict[str, str]:
@@ -141,6 +145,7 @@ class SyntheticSource:
             "second_object_prob": "probability of a second moving object",
             "textured_background_prob": "probability of a textured (vs plain) static background",
             "object_size": "object size in px at 64x64 (scaled with the clip size)",
+            "size_jitter": "each object's size is drawn within object_size +- this (px at 64x64)",
         }
 
     def __iter__(self) -> Iterator[Clip]:
@@ -167,6 +172,8 @@ class SyntheticSource:
         (ux, uy), words = DIRECTIONS[d]
         vx, vy = ux * speed_px, uy * speed_px
         size, (h, w), t = self.object_px, (self.spec.height, self.spec.width), self.spec.frames
+        if self.jitter_px:  # drawn only when asked, so clips without jitter stay what they were
+            size += int(rng.integers(-self.jitter_px, self.jitter_px + 1))
         # start so that the whole trajectory stays inside the frame
         (x_lo, x_hi), (y_lo, y_hi) = start_range(size, (vx, vy), t, h, w)
         x0, y0 = int(rng.integers(x_lo, x_hi + 1)), int(rng.integers(y_lo, y_hi + 1))

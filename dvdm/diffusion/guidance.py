@@ -12,29 +12,12 @@ from typing import Any
 
 import torch
 
-from dvdm.diffusion.gaussian import ModelFn
-
 
 def check_scale(scale: float) -> float:
     """The guidance scale as a float; ValueError unless it is finite and >= 0."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"guidance scale must be a finite number >= 0 (0 = unconditional), got {scale!r}")
     return float(scale)
-
-
-def guided(model_fn_cond: ModelFn, model_fn_uncond: ModelFn, scale: float) -> ModelFn:
-    """A model_fn that applies guidance with two separate model calls (one when scale is 0 or 1)."""
-    scale = check_scale(scale)
-    if scale == 1.0:
-        return model_fn_cond
-    if scale == 0.0:
-        return model_fn_uncond
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        uncond = model_fn_uncond(x, t)
-        return uncond + scale * (model_fn_cond(x, t) - uncond)
-
-    return model_fn
 
 
 def _is_scalar(value: Any) -> bool:

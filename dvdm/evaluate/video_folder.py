@@ -82,12 +82,3 @@ def iter_clips(paths: Sequence[Path], frames: int | None = None) -> Iterator[np.
             # headers can overstate the count (read_video rejects truncation, but not a header that lies)
             raise ClipTooShortError(f"{p}: decoded {clip.shape[0]} frames, at least {frames} are needed")
         yield clip
-
-
-def folder_sizes(paths: Sequence[Path]) -> dict[str, int]:
-    """"HxW" -> number of clips, from headers (to tell the user what will be resized)."""
-    sizes: dict[str, int] = {}
-    for info in probe_clips(paths):
-        key = f"{info.height}x{info.width}"
-        sizes[key] = sizes.get(key, 0) + 1
-    return dict(sorted(sizes.items()))

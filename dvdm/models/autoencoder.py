@@ -339,9 +339,6 @@ class ResidualAutoencoder(nn.Module):
         return {"total": total, "l1": l1.detach(), "mse": mse.detach(), "ssim": sim.detach(),
                 "kl": kl_term.detach()}
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 # -- numpy side --------------------------------------------------------------------------------------
 
