@@ -138,7 +138,8 @@ def main() -> int:
     run_ingest(ingest, data)
     run_decompose(DecomposeParams(), data, dec)
     evaluate = EvaluateParams(max_clips=args.test_clips, steps=args.sample_steps, batch_size=16, grid_clips=4,
-                              fvd_frames=args.frames, prompt_swap_clips=args.swap_clips)
+                              fvd_frames=args.frames, prompt_swap_clips=args.swap_clips, prompt_swap_drawn=0,
+                              prompt_swap_guidance=0.0)
     rows = []
     for seed in args.seeds:
         rows += run_seed(seed, args, data, dec, evaluate)

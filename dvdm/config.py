@@ -2,7 +2,11 @@
 
 params.yaml is the single source of truth (DVC tracks it per stage); CLI options override single keys.
 Unknown keys are errors, not silently ignored, because a typo in a setting should never train the wrong
-model.
+model. A key left out of params.yaml takes its field's default here, and every default equals the value of
+the `default` preset (`dvdm/presets/default.yaml`, the main job), so a short params file means "the main
+job, except ..." (`tests/test_stages_cli.py` checks it). Three dict fields hold overrides of defaults that
+live elsewhere and default to {}: `ingest.options` (the source's own options), `train.unet` (`UNetConfig`)
+and `train.diffusion` (`GaussianDiffusion.create`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class IngestParams:
     """Which source to read and how clips are cut. `options` go to the source (see `dvdm sources`)."""
 
     source: str = "synthetic"
-    frames: int = 16
+    frames: int = 8
     height: int = 64
     width: int = 64
     sampling: str = "uniform"
@@ -66,11 +70,11 @@ class DecomposeParams:
 class TrainAEParams:
     """Residual autoencoder training (stage train-ae). The block size comes from the decomposed data."""
 
-    steps: int = 600
-    batch_size: int = 32
+    steps: int = 300
+    batch_size: int = 16
     lr: float = 1e-3
     latent_channels: int = 5
-    base_channels: int = 32
+    base_channels: int = 16
     kl: bool = False
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2
@@ -91,25 +95,25 @@ class TrainParams:
     """Diffusion training (stage train-diffusion). `unet` and `diffusion` hold UNetConfig / diffusion keys."""
 
     space: str = "mvres"
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 2e-4
-    ema_decay: float = 0.999
+    steps: int = 4200
+    batch_size: int = 16
+    lr: float = 1e-3
+    ema_decay: float = 0.995
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
     text: bool = True
     diff_reference: str = "first"
     max_clips: int = 0               # 0: every training clip
-    log_every: int = 50
-    sample_every: int = 0
+    log_every: int = 25
+    sample_every: int = 1200
     checkpoint_every: int = 0
     sample_steps: int = 25
     guidance: float = 1.0
-    check_clips: int = 0             # at each sample: prompt-swap check on this many held-out first frames
+    check_clips: int = 4             # at each sample: prompt-swap check on this many held-out first frames
     max_seconds: float = 0.0         # > 0: stop after this much training time (a compute budget)
-    warmup_steps: int = 0            # linear learning-rate warm-up
-    lr_schedule: str = "constant"    # constant | cosine (to min_lr_ratio * lr at the last step)
+    warmup_steps: int = 200          # linear learning-rate warm-up
+    lr_schedule: str = "cosine"      # constant | cosine (to min_lr_ratio * lr at the last step)
     min_lr_ratio: float = 0.1
     dead_zone: float = 0.5           # mvres: |sampled vector| below this decodes to 0 (0.5 = plain rounding)
     unet: dict[str, Any] = field(default_factory=dict)
@@ -133,9 +137,9 @@ class EvaluateParams:
     grid_clips: int = 4              # rows of the ground-truth | generated grid
     fps: float = 8.0
     device: str = "auto"
-    prompt_swap_clips: int = 0       # held-out first frames generated with every direction x speed prompt (0: off)
-    prompt_swap_drawn: int = 0       # first frames drawn with PIL (plain + textured backgrounds), same prompts
-    prompt_swap_guidance: float = 0.0  # guidance of the prompt-swap samples (0: `guidance`)
+    prompt_swap_clips: int = 16      # held-out first frames generated with every direction x speed prompt (0: off)
+    prompt_swap_drawn: int = 8       # first frames drawn with PIL (plain + textured backgrounds), same prompts
+    prompt_swap_guidance: float = 2.0  # guidance of the prompt-swap samples (0: `guidance`)
 
 
 @dataclass
@@ -145,7 +149,7 @@ class ExportParams:
     weights: str = "ema"             # ema | model
     opset: int = 17
     steps: int = 25                  # sampler defaults written into the manifest
-    guidance: float = 1.0
+    guidance: float = 2.0
     eta: float = 0.0
     parity_steps: int = 8            # end-to-end ORT vs torch check
     min_psnr: float = 40.0           # the export fails below this end-to-end PSNR
@@ -155,8 +159,8 @@ class ExportParams:
 class PromoteParams:
     """The promotion gate: a challenger becomes champion only when it beats the champion on `metric`."""
 
-    metric: str = "fvd"              # a key of the evaluate stage's metrics.json
-    direction: str = "min"           # min: lower is better (FVD); max: higher is better (PSNR, accuracy)
+    metric: str = "swap_direction_accuracy"  # a key of the evaluate stage's metrics.json
+    direction: str = "max"           # min: lower is better (FVD); max: higher is better (PSNR, accuracy)
     margin: float = 0.0              # required improvement (absolute, or a fraction when relative)
     relative: bool = False
 

@@ -15,17 +15,9 @@ configure()
 
 from prefect import flow, get_run_logger  # noqa: E402
 
-from dvdm.config import section  # noqa: E402
 from dvdm.tracking import registry  # noqa: E402
 from dvdm.tracking.promotion import Gate, promote as run_gate  # noqa: E402
-from flows.tracking_tasks import client_for  # noqa: E402
-
-
-def gate_from_params(project: Path, metric: str | None = None, direction: str | None = None,
-                     margin: float | None = None) -> Gate:
-    p = section(project / "params.yaml" if (project / "params.yaml").is_file() else None, "promote")
-    return Gate(metric=metric or p.metric, direction=direction or p.direction,
-                margin=p.margin if margin is None else margin, relative=p.relative)
+from flows.tracking_tasks import client_for, project_section  # noqa: E402
 
 
 @flow(name="dvdm-promote", log_prints=True)
@@ -34,6 +26,7 @@ def promote(project: str = ".", version: str = registry.CHALLENGER, model_name: 
     root = Path(project).resolve()
     client = client_for(root)
     mv = registry.get_version(client, version, model_name)
-    decision = run_gate(client, mv.version, gate_from_params(root, metric, direction, margin), name=model_name)
+    gate = Gate.from_params(project_section(root, "promote"), metric, direction, margin)
+    decision = run_gate(client, mv.version, gate, name=model_name)
     get_run_logger().info("version %s: %s", mv.version, decision.reason)
     return {"model_name": model_name, "version": str(mv.version), **decision.to_dict()}

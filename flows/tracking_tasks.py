@@ -17,7 +17,7 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dvdm.config import PromoteParams, section
+from dvdm.config import as_dict, section
 from dvdm.tracking import registry, runs
 from dvdm.tracking.model_card import write_model_card
 from dvdm.tracking.promotion import Gate, promote
@@ -40,21 +40,24 @@ def client_for(project: str | Path):
     return _CLIENTS[uri]
 
 
+def project_section(project: str | Path, name: str) -> Any:
+    """Section `name` of the project's params.yaml as its typed dataclass (defaults where the file or the
+    section is absent)."""
+    path = Path(project) / "params.yaml"
+    return section(path if path.is_file() else None, name)
+
+
 def project_params(project: str | Path) -> dict[str, Any]:
     path = Path(project) / "params.yaml"
     return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
-
-
-def _dataset(params: dict[str, Any]) -> str:
-    return str((params.get("ingest") or {}).get("source") or "synthetic")
 
 
 @task(name="mlflow-start", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def start_pipeline_run(project: str, key: str) -> dict[str, Any]:
     client = client_for(project)
     params = project_params(project)
-    experiment = runs.experiment_name(_dataset(params))
-    tags = runs.provenance_tags(project, space=(params.get("train") or {}).get("space"))
+    experiment = runs.experiment_name(project_section(project, "ingest").source)
+    tags = runs.provenance_tags(project, space=project_section(project, "train").space)
     run_id = runs.start_run(client, experiment, key, name="pipeline", tags={**tags, "dvdm.kind": "pipeline"})
     runs.log_config(client, run_id, params, artifact_file="params.json")
     return {"run_id": run_id, "experiment": experiment, "tracking_uri": resolve_tracking_uri(work=work_dir(project))}
@@ -121,7 +124,7 @@ def register_and_promote(project: str, parent: dict[str, Any], model_name: str =
     """New registered version (alias challenger) from this run; the gate decides about champion."""
     client = client_for(project)
     root = Path(project)
-    params = project_params(root)
+    ingest, train, train_ae = (project_section(root, name) for name in ("ingest", "train", "train_ae"))
     folder, kind = model_folder(root)
     evaluation = {}
     metrics_file = root / "metrics" / "evaluate.json"
@@ -138,26 +141,20 @@ def register_and_promote(project: str, parent: dict[str, Any], model_name: str =
         if (root / "reports" / "evaluate" / "report.md").is_file():
             shutil.copy(root / "reports" / "evaluate" / "report.md", staging / "model" / "evaluation.md")
         (staging / "model" / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-        train = params.get("train") or {}
         write_model_card(staging / "model" / "MODEL_CARD.md", name=model_name,
-                         model={"space": train.get("space"), "unet": train.get("unet"), "artifact": kind,
-                                "diffusion": train.get("diffusion")},
-                         data={"source": _dataset(params), "ingest": params.get("ingest"),
-                               "dvc_data_hash": data_hash(root)},
-                         training={"train": train, "train_ae": params.get("train_ae")},
+                         model={"space": train.space, "unet": train.unet, "artifact": kind,
+                                "diffusion": train.diffusion},
+                         data={"source": ingest.source, "ingest": as_dict(ingest), "dvc_data_hash": data_hash(root)},
+                         training={"train": as_dict(train), "train_ae": as_dict(train_ae)},
                          evaluation=evaluation)
         registry.upload_model(client, parent["run_id"], staging / "model")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    tags = runs.provenance_tags(root, data_hash=data_hash(root), space=(params.get("train") or {}).get("space"))
+    tags = runs.provenance_tags(root, data_hash=data_hash(root), space=train.space)
     mv = registry.register_version(client, parent["run_id"], name=model_name,
                                    metrics={k: v for k, v in evaluation.items() if k != "params"},
                                    tags={**tags, "dvdm.artifact": kind}, alias=registry.CHALLENGER)
-    gate_params: PromoteParams = section(root / "params.yaml" if (root / "params.yaml").is_file() else None,
-                                         "promote")
-    decision = promote(client, mv.version, Gate(metric=gate_params.metric, direction=gate_params.direction,
-                                                margin=gate_params.margin, relative=gate_params.relative),
-                       name=model_name)
+    decision = promote(client, mv.version, Gate.from_params(project_section(root, "promote")), name=model_name)
     current = client.get_model_version(model_name, str(mv.version))
     runs.set_tags(client, parent["run_id"], {"dvdm.model_version": mv.version, "dvdm.promoted": decision.promote,
                                              **tags})

@@ -38,7 +38,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from dvdm.stages.train_diffusion import run_train_diffusion
 
     root = tmp_path_factory.mktemp("tiny_model")
-    run_ingest(IngestParams(options={"num_train": 4, "num_val": 1, "num_test": 2, "seed": 3}),
+    run_ingest(IngestParams(frames=16, options={"num_train": 4, "num_val": 1, "num_test": 2, "seed": 3}),
                root / "ingested")
     run_train_diffusion(TrainParams(space="rgb", steps=2, batch_size=2, sample_steps=2, log_every=1,
                                     unet=dict(TINY_UNET), diffusion={"num_timesteps": 100}),

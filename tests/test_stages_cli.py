@@ -30,7 +30,7 @@ def dvdm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stages") / "ingested"
-    run_ingest(IngestParams(options=TINY, clips_per_shard=4), out)
+    run_ingest(IngestParams(frames=16, options=TINY, clips_per_shard=4), out)
     return out
 
 
@@ -258,3 +258,29 @@ def test_default_preset_is_the_shipped_params(tmp_path):
     _assert_clean_error(dvdm("pipeline", "--preset", "huge", "--project", str(tmp_path), cwd=tmp_path),
                         "unknown", "tiny")
     assert not (tmp_path / "params.yaml").exists()
+
+
+OVERRIDE_DICTS = {("ingest", "options"), ("train", "unet"), ("train", "diffusion")}  # defaults live elsewhere
+
+
+def test_every_settings_default_is_the_default_preset():
+    """One source of defaults: a key left out of params.yaml gets the main job's value (issue 12: train.steps
+    was 1000 in the dataclass and 4800 in the preset, ema 0.999 vs 0.995, the gate metric fvd vs the
+    prompt swap, ...). The three override dicts default to {} and the preset's are valid there."""
+    import dataclasses
+
+    from dvdm.config import SECTIONS, from_dict
+
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvdm/presets/default.yaml").read_text())
+    assert set(preset) == set(SECTIONS)
+    for name, cls in SECTIONS.items():
+        defaults = dataclasses.asdict(cls())
+        assert set(preset[name]) <= set(defaults), name
+        for key, value in preset[name].items():
+            if (name, key) in OVERRIDE_DICTS:
+                assert defaults[key] == {}
+            else:
+                assert defaults[key] == value, f"{name}.{key}: dataclass {defaults[key]!r}, preset {value!r}"
+        from_dict(cls, preset[name], name)
+    # a params file with one key is the main job with that key changed
+    assert section(None, "train", ["steps=10"]) == dataclasses.replace(SECTIONS["train"](), steps=10)

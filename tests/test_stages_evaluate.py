@@ -32,7 +32,8 @@ def test_side_by_side_layout():
 
 def test_evaluate_stage_writes_report_metrics_and_videos(tiny_model, tmp_path):
     data = tiny_model.parent / "ingested"
-    params = EvaluateParams(max_clips=2, samples_per_clip=2, steps=2, batch_size=3, grid_clips=2)
+    params = EvaluateParams(max_clips=2, samples_per_clip=2, steps=2, batch_size=3, grid_clips=2,
+                            prompt_swap_clips=0, prompt_swap_drawn=0)  # the prompt swap has its own tests
     m = run_evaluate(params, tiny_model, data, tmp_path / "eval", tmp_path / "metrics.json")
     out = tmp_path / "eval"
     for name in ("metrics.json", "report.md", "grid.gif", "grid.mp4", "psnr_per_frame.png", "ssim_per_frame.png",

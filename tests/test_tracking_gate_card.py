@@ -20,8 +20,8 @@ def test_min_direction_with_margin():
     assert not decide({"fvd": 195.0}, {"fvd": 200.0}, gate).promote  # better, within the margin
     assert not decide({"fvd": 190.0}, {"fvd": 200.0}, gate).promote  # exactly the margin: not enough
     assert not decide({"fvd": 210.0}, {"fvd": 200.0}, gate).promote
-    assert not decide({"fvd": 200.0}, {"fvd": 200.0}, Gate()).promote  # a tie never promotes
-    assert decide({"fvd": 199.9}, {"fvd": 200.0}, Gate()).promote
+    assert not decide({"fvd": 200.0}, {"fvd": 200.0}, Gate("fvd", "min")).promote  # a tie never promotes
+    assert decide({"fvd": 199.9}, {"fvd": 200.0}, Gate("fvd", "min")).promote
 
 
 def test_max_direction_and_relative_margin():
@@ -35,29 +35,29 @@ def test_max_direction_and_relative_margin():
 
 
 def test_no_champion_promotes_and_records_values():
-    d = decide({"fvd": 300.0}, None, Gate())
+    d = decide({"fvd": 300.0}, None, Gate("fvd", "min"))
     assert d.promote and "no champion" in d.reason and d.champion_value is None
     assert d.to_dict()["challenger_value"] == 300.0 and d.to_dict()["metric"] == "fvd"
 
 
 def test_missing_or_bad_metrics_are_clear_errors():
     with pytest.raises(GateError, match=r"challenger has no metric 'fvd' \(it has: psnr\)"):
-        decide({"psnr": 20.0}, {"fvd": 1.0}, Gate())
+        decide({"psnr": 20.0}, {"fvd": 1.0}, Gate("fvd", "min"))
     with pytest.raises(GateError, match="champion has no metric 'fvd'"):
-        decide({"fvd": 1.0}, {"psnr": 20.0}, Gate())
+        decide({"fvd": 1.0}, {"psnr": 20.0}, Gate("fvd", "min"))
     with pytest.raises(GateError, match="non-finite"):
-        decide({"fvd": math.nan}, {"fvd": 1.0}, Gate())
+        decide({"fvd": math.nan}, {"fvd": 1.0}, Gate("fvd", "min"))
     with pytest.raises(GateError, match="not a number"):
-        decide({"fvd": "n/a"}, None, Gate())
+        decide({"fvd": "n/a"}, None, Gate("fvd", "min"))
 
 
 def test_gate_settings_are_validated():
     with pytest.raises(ConfigError, match="direction"):
-        Gate(direction="lower")
+        Gate("fvd", direction="lower")
     with pytest.raises(ConfigError, match="margin"):
-        Gate(margin=-1.0)
+        Gate("fvd", "min", margin=-1.0)
     with pytest.raises(ConfigError, match="metric"):
-        Gate(metric="")
+        Gate(metric="", direction="min")
 
 
 EVALUATION = {"split": "test", "n_clips": 8, "fvd": 312.5, "kvd": 4.25, "psnr": 24.1, "ssim": 0.81,

@@ -195,3 +195,15 @@ def test_pipeline_seed_reproduces_and_is_batch_independent():
     b = pipe(first[1:2], steps=5, seeds=[8])
     np.testing.assert_array_equal(a[1], b[0])
     np.testing.assert_array_equal(pipe(first, steps=5, seeds=[7, 8, 9]), a)
+
+
+def test_train_config_from_params_takes_every_trainer_setting_of_a_stage():
+    """One mapping from a stage's params to the trainer (it was written out by hand in two stages)."""
+    from dvdm.config import TrainAEParams, TrainParams
+
+    cfg = TrainConfig.from_params(TrainParams(steps=7, lr=3e-3, warmup_steps=2, lr_schedule="cosine", sample_every=5,
+                                              max_seconds=9.0, ema_decay=0.9))
+    assert (cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.sample_every, cfg.max_seconds, cfg.ema_decay) \
+        == (7, 3e-3, 2, "cosine", 5, 9.0, 0.9)
+    ae = TrainConfig.from_params(TrainAEParams(steps=3, batch_size=2, checkpoint_every=1))
+    assert (ae.steps, ae.batch_size, ae.checkpoint_every, ae.sample_every) == (3, 2, 1, 0)

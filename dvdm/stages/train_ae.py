@@ -141,10 +141,7 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
         out = m.loss(batch["residual"].float())
         return {"loss": out["total"], **{k: v for k, v in out.items() if k != "total"}}
 
-    cfg = TrainConfig(steps=params.steps, batch_size=params.batch_size, lr=params.lr, ema_decay=params.ema_decay,
-                      grad_clip=params.grad_clip, seed=params.seed, device=params.device,
-                      log_every=params.log_every, checkpoint_every=params.checkpoint_every,
-                      max_seconds=params.max_seconds)
+    cfg = TrainConfig.from_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)

@@ -165,12 +165,7 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
                   f"({len(check_frames)} held-out first frames x 8 directions)", file=sys.stderr, flush=True)
         return [gif, mp4]
 
-    cfg = TrainConfig(steps=params.steps, batch_size=params.batch_size, lr=params.lr, ema_decay=params.ema_decay,
-                      grad_clip=params.grad_clip, seed=params.seed, device=params.device,
-                      log_every=params.log_every, sample_every=params.sample_every,
-                      checkpoint_every=params.checkpoint_every,
-                      max_seconds=params.max_seconds, warmup_steps=params.warmup_steps,
-                      lr_schedule=params.lr_schedule, min_lr_ratio=params.min_lr_ratio)
+    cfg = TrainConfig.from_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)

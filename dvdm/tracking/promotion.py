@@ -35,10 +35,18 @@ class Gate:
     """`metric` must improve in `direction` ("min": lower is better, like FVD; "max": like PSNR) by more
     than `margin` (absolute, or a fraction of the champion's value when `relative`)."""
 
-    metric: str = "fvd"
-    direction: str = "min"
+    metric: str
+    direction: str
     margin: float = 0.0
     relative: bool = False
+
+    @classmethod
+    def from_params(cls, params: Any, metric: str | None = None, direction: str | None = None,
+                    margin: float | None = None) -> Gate:
+        """The gate of a `promote` params section (`dvdm.config.PromoteParams`), with optional overrides:
+        the one place the pipeline and the promote flow turn settings into a gate."""
+        return cls(metric=metric or params.metric, direction=direction or params.direction,
+                   margin=params.margin if margin is None else margin, relative=params.relative)
 
     def __post_init__(self) -> None:
         if self.direction not in ("min", "max"):

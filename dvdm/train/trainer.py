@@ -9,6 +9,7 @@ is one of them).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -71,6 +72,13 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be >= 0 and min_lr_ratio within [0, 1], got "
                               f"{self.warmup_steps} and {self.min_lr_ratio}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    @classmethod
+    def from_params(cls, params: Any) -> TrainConfig:
+        """The trainer settings of a stage's params dataclass: every field of the same name (the rest keep
+        the trainer's defaults), so a new trainer setting needs no hand-written mapping per stage."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dataclasses.asdict(params).items() if k in names})
 
 
 LR_SCHEDULES = ("constant", "cosine")
