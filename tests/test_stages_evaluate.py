@@ -58,7 +58,8 @@ def test_evaluate_stage_writes_report_metrics_and_videos(tiny_model, tmp_path):
 def test_cli_evaluate_and_fvd(tiny_model, tmp_path):
     data = tiny_model.parent / "ingested"
     r = dvdm("evaluate", "--model", str(tiny_model), "--in", str(data), "--out", "ev", "--set", "max_clips=2",
-             "--set", "steps=2", "--set", "fvd=false", cwd=tmp_path)
+             "--set", "steps=2", "--set", "fvd=false", "--set", "prompt_swap_clips=0", "--set", "prompt_swap_drawn=0",
+             cwd=tmp_path)  # the prompt swap (on by default, as in the main job) has its own tests
     assert r.returncode == 0, r.stderr
     assert "evaluated 2 test clips" in r.stdout and "FVD skipped: disabled" in r.stderr
 
