@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from dvdm import __version__
+from dvdm.config import DecomposeParams
 from dvdm.errors import DvdmError
 
 app = typer.Typer(
@@ -103,7 +104,7 @@ def inspect(
     = "search",
     strategy: Annotated[str, typer.Option("--strategy", help="fast or full (exhaustive) search.")] = "fast",
     match: Annotated[str, typer.Option("--match", help="Planes the search compares: yuv (luma + chroma) or "
-                                       "luma.")] = "yuv",
+                                       "luma.")] = DecomposeParams.match,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Read at most this many frames.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write inspect.png, motion_field.png, "
