@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-SPACES = ("rgb", "diff", "mvres")
+BASELINE = "rgb"  # the paper's pixel-space VDM: every ratio is against it
 UNET = {"base_channels": 64, "channel_mults": [1, 2, 4], "num_res_blocks": 1,
         "spatial_attention": [False, False, True], "temporal_attention": True, "attention_heads": 4,
         "attention_head_dim": 32, "text_dim": 384}
@@ -60,7 +60,7 @@ def worker(space_name: str, size: int, steps: int, sample_steps: int, sample_bud
     from dvdm.diffusion import GaussianDiffusion
     from dvdm.models import AutoencoderConfig, ResidualAutoencoder, UNet3D, UNetConfig
     from dvdm.pipeline import VideoPipeline
-    from dvdm.spaces import Normalizer, build_space
+    from dvdm.spaces import Normalizer, build_space, space_class
     from dvdm.spaces.ae_codec import AutoencoderResidualCodec
 
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def worker(space_name: str, size: int, steps: int, sample_steps: int, sample_bud
     frames = 16
     block = DecomposeConfig.default_block(size, size)
     codec = None
-    if space_name == "mvres":
+    if space_class(space_name).needs_codec:
         codec = AutoencoderResidualCodec(ResidualAutoencoder(AutoencoderConfig(block=block, latent_channels=5)), device)
     space = build_space(space_name, codec=codec, block=block)
     c, t, h, w = space.target_shape(frames, size, size)
@@ -128,7 +128,7 @@ def worker(space_name: str, size: int, steps: int, sample_steps: int, sample_bud
     pipe.decode(targets, first)
     t_decode = time.perf_counter() - t0
     bf16 = None
-    if space_name == "mvres" and bf16_fast():
+    if space_class(space_name).needs_codec and bf16_fast():
         # the same sample under bfloat16 autocast (`VideoPipeline(precision="bf16")`)
         pipe_bf16 = VideoPipeline(model, space, diffusion, frames, size, size, None, device, precision="bf16")
         pipe_bf16.sample_targets(first, None, steps=2, text=text)  # warm-up
@@ -166,9 +166,11 @@ def main() -> int:
                                 args.sample_budget, args.probe_steps)))
         return 0
 
+    from dvdm.spaces import SPACES
+
     rows = []
     for size in args.sizes:
-        for space in SPACES:
+        for space in SPACES:  # every registered space
             r = subprocess.run([sys.executable, __file__, "--worker", space, str(size), "--steps", str(args.steps),
                                 "--sample-steps", str(args.sample_steps), "--sample-budget", str(args.sample_budget),
                                 "--probe-steps", str(args.probe_steps)], capture_output=True, text=True)
@@ -181,7 +183,7 @@ def main() -> int:
             rows.append(row)
             print(f"measured {space} at {size}x{size}", file=sys.stderr)
     for r in rows:
-        ref = next(x for x in rows if x["size"] == r["size"] and x["space"] == "rgb")
+        ref = next(x for x in rows if x["size"] == r["size"] and x["space"] == BASELINE)
         r["values_ratio_vs_rgb"] = ref["target_values"] / r["target_values"]
         r["flops_ratio_vs_rgb"] = ref["train_gflops"] / r["train_gflops"]
         r["flops_ratio_vs_rgb_unet_only"] = ref["train_gflops_unet_only"] / r["train_gflops_unet_only"]

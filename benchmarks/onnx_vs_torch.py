@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from dvdm.pipeline import VideoPipeline  # noqa: E402
 from dvdm.utils.atomic import write_json  # noqa: E402
-from serving.pipeline import OrtVideoPipeline  # noqa: E402
+from dvdm.runtime.pipeline import OrtVideoPipeline  # noqa: E402
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:

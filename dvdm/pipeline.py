@@ -19,6 +19,7 @@ from dvdm.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, batched_
 from dvdm.errors import ConfigError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.spaces import TargetSpace, space_from_state
+from dvdm.spaces.ae_codec import autoencoder_codec
 from dvdm.train.checkpoint import load_checkpoint
 from dvdm.train.device import autocast, inference_dtype, select_device
 
@@ -54,14 +55,9 @@ class VideoPipeline:
         inference_dtype(dev, precision)  # a bad precision fails before the checkpoint is read
         ckpt = load_checkpoint(path, kind="dvdm-diffusion")
         cfg = ckpt.config
-        codec = None
-        if cfg["space"]["name"] == "mvres":
-            from dvdm.models import AutoencoderConfig, ResidualAutoencoder
-            from dvdm.spaces.ae_codec import AutoencoderResidualCodec
-
-            ae = ResidualAutoencoder(AutoencoderConfig.from_dict(cfg["autoencoder"]))
-            ae.load_state_dict(ckpt.weights("autoencoder"))
-            codec = AutoencoderResidualCodec(ae, dev)
+        # a space built around the residual autoencoder saved it with the denoiser
+        codec = autoencoder_codec(cfg["autoencoder"], ckpt.weights("autoencoder"), dev) \
+            if cfg.get("autoencoder") else None
         space = space_from_state(cfg["space"], codec=codec)
         model = UNet3D(UNetConfig.from_dict(cfg["unet"]))
         model.load_state_dict(ckpt.weights(weights))

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.pipeline import OrtVideoPipeline
+from dvdm.runtime.pipeline import OrtVideoPipeline
 from serving.settings import ServeSettings
 
 log = logging.getLogger("serving.model")
@@ -166,7 +166,7 @@ class ModelManager:
 
     # ------------------------------------------------------------------ loading
     def _load_pipeline(self, folder: Path) -> OrtVideoPipeline:
-        from serving.runtime import choose_provider
+        from dvdm.runtime.sessions import choose_provider
 
         if self._choice is None:  # probe once: later loads reuse the decision (and its one log line)
             self._choice = choose_provider(self.settings.provider)

@@ -19,11 +19,11 @@ from dvdm.diffusion import (
     DDPMSampler,
     GaussianDiffusion,
     batched_guidance,
-    check_scale,
     make_betas,
     randn,
     spaced_timesteps,
 )
+from dvdm.runtime.guidance import check_guidance
 
 T = 1000
 
@@ -535,7 +535,7 @@ def test_batched_guidance_batches_differing_flags():
 @pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf"), "2", True])
 def test_guidance_rejects_bad_scale(scale):
     with pytest.raises(ValueError):
-        check_scale(scale)
+        check_guidance(scale)
     with pytest.raises(ValueError):
         batched_guidance(lambda x, t: x, torch.zeros(1), torch.zeros(1), {}, {}, scale)
 

@@ -20,9 +20,9 @@ from dvdm.evaluate.i3d_weights import (
     load_weights,
     locate_weights,
     restricted_loads,
-    sha256_file,
     weights_available,
 )
+from dvdm.runtime.manifest import sha256_file
 
 SIDE_EFFECTS: list[str] = []
 

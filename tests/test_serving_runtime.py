@@ -14,15 +14,17 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install dvdm[cpu])")
 
-from serving import runtime  # noqa: E402
+from dvdm.runtime import sessions as runtime  # noqa: E402
 from serving.errors import ExportIntegrityError, ManifestError, ProviderError  # noqa: E402
-from serving.manifest import FORMAT, FORMAT_VERSION, load_manifest  # noqa: E402
-from serving.sampler import DDIM, linspace_torch, spaced_timesteps  # noqa: E402
+from dvdm.runtime.ddim import DDIM, linspace_torch, spaced_timesteps  # noqa: E402
+from dvdm.runtime.manifest import FORMAT, FORMAT_VERSION, load_manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SERVING_MODULES = ("serving", "serving.errors", "serving.manifest", "serving.runtime", "serving.sampler",
-                   "serving.decode", "serving.text", "serving.pipeline", "serving.settings", "serving.model",
-                   "serving.app", "serving.server",
+SERVING_MODULES = ("serving", "serving.errors",
+                   # the runtime core the service runs models with
+                   "dvdm.runtime.manifest", "dvdm.runtime.ddim", "dvdm.runtime.guidance", "dvdm.runtime.decode",
+                   "dvdm.runtime.sessions", "dvdm.runtime.text", "dvdm.runtime.pipeline",
+                   "serving.settings", "serving.model", "serving.app", "serving.server",
                    # what serving.app / serving.model import on first use (registry access, video encoding)
                    "dvdm.tracking.store", "dvdm.tracking.registry", "dvdm.video.writer", "uvicorn", "mlflow")
 
@@ -60,10 +62,10 @@ def fake_ort(monkeypatch, available, active, result=(3.0,)):
 def test_cpu_build_chooses_cpu_with_one_log_line(caplog):
     if runtime.CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime build has CUDA")
-    with caplog.at_level(logging.INFO, logger="serving.runtime"):
+    with caplog.at_level(logging.INFO, logger="dvdm.runtime.sessions"):
         choice = runtime.choose_provider("auto")
     assert choice.name == "cpu" and choice.providers == (runtime.CPU,)
-    lines = [r.getMessage() for r in caplog.records if r.name == "serving.runtime"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dvdm.runtime.sessions"]
     assert len(lines) == 1 and "CPUExecutionProvider" in lines[0] and "not in this onnxruntime build" in lines[0]
     with pytest.raises(ProviderError, match="CUDA requested but not usable"):
         runtime.choose_provider("cuda")
@@ -74,7 +76,7 @@ def test_cpu_build_chooses_cpu_with_one_log_line(caplog):
 def test_silent_cuda_fallback_is_detected(monkeypatch, caplog):
     # onnxruntime-gpu without usable CUDA: lists CUDA, but the session runs on CPU
     fake_ort(monkeypatch, [runtime.CUDA, runtime.CPU], [runtime.CPU])
-    with caplog.at_level(logging.INFO, logger="serving.runtime"):
+    with caplog.at_level(logging.INFO, logger="dvdm.runtime.sessions"):
         choice = runtime.choose_provider("auto")
     assert choice.name == "cpu" and "fell back" in choice.reason
     assert "fell back" in caplog.records[-1].getMessage()
@@ -105,13 +107,13 @@ def test_real_cpu_session_runs_probe_model():
 
 
 # ------------------------------------------------------------------------------------------ sampler
-def test_timesteps_match_torch_sampler():
+def test_timesteps_are_torch_linspace_rounded():
     torch = pytest.importorskip("torch")
-    from dvdm.diffusion.samplers import spaced_timesteps as torch_spaced
 
     for total in (1, 7, 50, 1000):
         for n in range(1, total + 1):
-            np.testing.assert_array_equal(spaced_timesteps(total, n), torch_spaced(total, n).numpy())
+            expected = torch.linspace(total - 1, 0, n, dtype=torch.float64).round().long().numpy()
+            np.testing.assert_array_equal(spaced_timesteps(total, n), expected)
     np.testing.assert_array_equal(linspace_torch(999.0, 0.0, 37),
                                   torch.linspace(999, 0, 37, dtype=torch.float64).numpy())
 
@@ -148,13 +150,6 @@ def test_ddim_rejects_bad_requests():
 
 
 # ------------------------------------------------------------------------------------------ manifest
-def test_manifest_format_matches_the_exporter():
-    pytest.importorskip("torch")
-    from dvdm.export import manifest as written
-
-    assert (written.FORMAT, written.FORMAT_VERSION, written.MANIFEST) == (FORMAT, FORMAT_VERSION, "manifest.json")
-
-
 def test_manifest_errors(tmp_path):
     with pytest.raises(ManifestError, match="no such export folder"):
         load_manifest(tmp_path / "nope")

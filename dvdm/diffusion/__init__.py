@@ -1,7 +1,7 @@
 """Diffusion math, separate from the network: schedules, the Gaussian process and its loss, samplers, guidance."""
 
 from dvdm.diffusion.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, ModelFn
-from dvdm.diffusion.guidance import batched_guidance, check_scale
+from dvdm.diffusion.guidance import batched_guidance
 from dvdm.diffusion.noise import randint, randn
 from dvdm.diffusion.samplers import DDIMSampler, DDPMSampler, spaced_timesteps
 from dvdm.diffusion.schedules import SCHEDULES, cosine_betas, linear_betas, make_betas
@@ -15,7 +15,6 @@ __all__ = [
     "GaussianDiffusion",
     "ModelFn",
     "batched_guidance",
-    "check_scale",
     "cosine_betas",
     "linear_betas",
     "make_betas",

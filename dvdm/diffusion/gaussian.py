@@ -18,8 +18,8 @@ import torch
 
 from dvdm.diffusion.noise import Generators, randint, randn
 from dvdm.diffusion.schedules import make_betas
+from dvdm.runtime.ddim import PREDICTIONS, Coefficients, split_prediction, velocity
 
-PREDICTIONS = ("eps", "v", "x0")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -171,51 +171,41 @@ class GaussianDiffusion:
         snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         return snr[t.long().cpu()].to(device=t.device, dtype=torch.float32)
 
-    # -- conversions between x0, eps and v -----------------------------------------------------------------
+    # -- conversions between x0, eps and v (the runtime core's arithmetic, on torch tensors) -------------
+
+    def coefficients(self, t: torch.Tensor | int, like: torch.Tensor) -> Coefficients:
+        """The schedule at timesteps t, in like's dtype/device, shaped to broadcast over like."""
+        return Coefficients(*(self._extract(table, t, like) for table in (
+            self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod, self.sqrt_recip_alphas_cumprod,
+            self.sqrt_recipm1_alphas_cumprod)))
+
+    def split(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) implied by the network's output for the configured prediction type."""
+        return split_prediction(self.prediction, x_t, model_output, self.coefficients(t, x_t))
 
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - (
-            self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
-        )
+        return split_prediction("eps", x_t, eps, self.coefficients(t, x_t))[0]
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self._extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t
-        )
+        return split_prediction("x0", x_t, x0, self.coefficients(t, x_t))[1]
 
     def v_from(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0."""
-        return self._extract(self.sqrt_alphas_cumprod, t, x0) * eps - (
-            self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
-        )
+        return velocity(x0, eps, self.coefficients(t, x0))
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
         """The clean sample implied by the network's output (for the configured prediction type)."""
-        if self.prediction == "x0":
-            return model_output
-        if self.prediction == "eps":
-            return self.x0_from_eps(x_t, t, model_output)
-        # v: x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v
-        return self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - (
-            self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * model_output
-        )
+        return self.split(x_t, t, model_output)[0]
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
         """The noise implied by the network's output."""
-        if self.prediction == "eps":
-            return model_output
-        if self.prediction == "x0":
-            return self.eps_from_x0(x_t, t, model_output)
-        # v: eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v
-        return self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + (
-            self._extract(self.sqrt_alphas_cumprod, t, x_t) * model_output
-        )
+        return self.split(x_t, t, model_output)[1]
 
     def predict_v(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
         """The velocity implied by the network's output."""
         if self.prediction == "v":
             return model_output
-        return self.v_from(self.predict_x0(x_t, t, model_output), self.predict_eps(x_t, t, model_output), t)
+        return self.v_from(*self.split(x_t, t, model_output), t)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network should output for x_t = q_sample(x0, t, noise)."""

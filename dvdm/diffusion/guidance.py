@@ -1,23 +1,17 @@
-"""Classifier-free guidance (Ho & Salimans 2022): out = uncond + scale * (cond - uncond).
+"""Classifier-free guidance on torch models, batched: the cond and uncond passes share one forward call.
 
-scale 1 is the plain conditional model and scale 0 the unconditional one; both skip the second forward pass.
-Guidance mixes model outputs linearly, which is exact for eps and v (and x0) predictions alike.
+The scale check and the mix itself are the runtime core's (`dvdm.runtime.guidance`), shared with the
+service; scale 1 and 0 skip the second pass.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-
-def check_scale(scale: float) -> float:
-    """The guidance scale as a float; ValueError unless it is finite and >= 0."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"guidance scale must be a finite number >= 0 (0 = unconditional), got {scale!r}")
-    return float(scale)
+from dvdm.runtime.guidance import check_guidance, guide
 
 
 def _is_scalar(value: Any) -> bool:
@@ -44,7 +38,7 @@ def batched_guidance(
     `True`) becomes a (B,) tensor per branch, so per-sample flags batch too. Anything else (None, strings)
     must be equal in both and is passed as is.
     """
-    scale = check_scale(scale)
+    scale = check_guidance(scale)
     if scale == 1.0:
         return model(x, t, **cond_kwargs)
     if scale == 0.0:
@@ -74,4 +68,4 @@ def batched_guidance(
     t = torch.as_tensor(t, device=x.device)
     t = t.expand(batch) if t.ndim == 0 else t
     out_cond, out_uncond = model(torch.cat([x, x]), torch.cat([t, t]), **kwargs).chunk(2)
-    return out_uncond + scale * (out_cond - out_uncond)
+    return guide(out_cond, out_uncond, scale)

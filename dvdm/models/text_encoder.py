@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dvdm.errors import ConfigError
+from dvdm.runtime.prompts import prompt_list
 from dvdm.utils.atomic import atomic_path
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -151,12 +152,7 @@ class TextEncoder:
     # ------------------------------------------------------------------ encode + caches
     def encode(self, prompts: Sequence[str], device: str | torch.device | None = None) -> torch.Tensor:
         """(len(prompts), dim) float32 embeddings; prompts not seen before are encoded in batches."""
-        if isinstance(prompts, str):
-            raise TypeError("encode expects a list of prompts, not a single string")
-        prompts = list(prompts)
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
+        prompts = prompt_list(prompts)
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start:start + self.batch_size]

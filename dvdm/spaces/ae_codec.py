@@ -34,3 +34,13 @@ class AutoencoderResidualCodec:
             for i in range(0, len(z), self.batch):
                 out.append(self.model.decode(z[i:i + self.batch].to(self.device), size).float().cpu())
         return torch.cat(out).permute(0, 2, 3, 1).numpy()
+
+
+def autoencoder_codec(config: dict, weights: dict[str, torch.Tensor],
+                      device: str | torch.device = "cpu") -> AutoencoderResidualCodec:
+    """The codec of a saved autoencoder (its config and state dict, as a denoiser checkpoint keeps them)."""
+    from dvdm.models import AutoencoderConfig, ResidualAutoencoder
+
+    model = ResidualAutoencoder(AutoencoderConfig.from_dict(config))
+    model.load_state_dict(weights)
+    return AutoencoderResidualCodec(model, device)

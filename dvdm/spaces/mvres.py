@@ -14,15 +14,20 @@ makes the space exactly invertible for tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from dvdm.codec.compensate import grid_shape
 from dvdm.codec.decompose import DecomposeConfig, decompose
-from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, check_dead_zone, quantize_motion
-from dvdm.codec.residuals import reconstruct
+from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, check_dead_zone
+from dvdm.errors import ConfigError
+from dvdm.runtime.decode import RESIDUAL_GRAPH
 from dvdm.spaces.base import TargetSpace
+from dvdm.spaces.registry import register_space
+
+MOTION_CHANNELS = 2  # (dx, dy) per block
 
 
 class ResidualCodec(Protocol):
@@ -58,8 +63,15 @@ class PixelUnshuffleResidualCodec:
         return x.reshape(n, gh * b, gw * b, 3)[:, :h, :w]
 
 
+@register_space
 class MVResSpace(TargetSpace):
     name = "mvres"
+    description = ("ED-VDM: the denoiser generates per-block motion vectors + autoencoded residuals, decoded by "
+                   "motion compensation")
+    # dead_zone: how sampled vectors are rounded; the rest: the motion search the residual codec was
+    # trained on (decompose's settings, carried by the autoencoder checkpoint)
+    settings = ("block", "search", "strategy", "dead_zone", "match", "static_threshold")
+    needs_codec = True
 
     def __init__(self, codec: ResidualCodec, search: int | None = None, strategy: str = "fast",
                  dead_zone: float = DEFAULT_DEAD_ZONE, match: str = "luma", static_threshold: float = 0.0):
@@ -71,13 +83,39 @@ class MVResSpace(TargetSpace):
         self.strategy = strategy
         self.match = match
         self.static_threshold = float(static_threshold)
-        self._decompose_config = DecomposeConfig(block=self.block, search=self.search, strategy=strategy,
-                                                 static_threshold=self.static_threshold, match=match)
-        check_dead_zone(self.dead_zone, self.search)  # a bad dead zone fails here, not at decode
+        try:
+            self._decompose_config = DecomposeConfig(block=self.block, search=self.search, strategy=strategy,
+                                                     static_threshold=self.static_threshold, match=match)
+            check_dead_zone(self.dead_zone, self.search)  # a bad dead zone fails here, not at decode
+        except ValueError as exc:
+            raise ConfigError(f"mvres: {exc}") from None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], codec: ResidualCodec | None = None) -> MVResSpace:
+        """With the trained autoencoder as `codec` (training); without one, the lossless codec (tests)."""
+        kwargs = {k: settings[k] for k in cls.settings if k in settings and k != "block"}
+        return cls(codec or PixelUnshuffleResidualCodec(settings.get("block", 16)), **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], codec: ResidualCodec | None = None) -> MVResSpace:
+        # models saved before a setting existed: plain rounding (dead zone 0.5), luma matching, no threshold
+        space = cls(codec or PixelUnshuffleResidualCodec(config["block"]), search=config["search"],
+                    strategy=config["strategy"], dead_zone=config.get("dead_zone", DEFAULT_DEAD_ZONE),
+                    match=config.get("match", "luma"), static_threshold=config.get("static_threshold", 0.0))
+        if space.codec.latent_channels != config["latent_channels"]:
+            raise ConfigError(f"mvres: the residual codec has {space.codec.latent_channels} latent channels, the "
+                              f"saved model expects {config['latent_channels']}")
+        return space
+
+    @classmethod
+    def target_elements(cls, frames: int, height: int, width: int, settings: Mapping[str, Any]) -> int:
+        # before the autoencoder exists: its latent sits on the motion-vector grid
+        gh, gw = grid_shape(height, width, settings["block"])
+        return (frames - 1) * gh * gw * (MOTION_CHANNELS + settings["latent_channels"])
 
     @property
     def channels(self) -> int:
-        return 2 + self.codec.latent_channels
+        return MOTION_CHANNELS + self.codec.latent_channels
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return grid_shape(height, width, self.block)
@@ -96,12 +134,13 @@ class MVResSpace(TargetSpace):
         z = np.stack(latents, axis=1)                                       # (k, T-1, gh, gw)
         return np.concatenate([mv, z], axis=0).astype(np.float32)
 
-    def decode(self, target: np.ndarray, first_frame: np.ndarray) -> np.ndarray:
-        target = np.asarray(target, np.float32)
-        h, w = first_frame.shape[:2]
-        mv = quantize_motion(target[:2], self.search, self.dead_zone).transpose(1, 2, 3, 0)
-        residual = self.codec.decode(target[2:].transpose(1, 0, 2, 3), (h, w))
-        return reconstruct(first_frame, mv, residual, self.block)
+    def decode_spec(self) -> dict[str, Any]:
+        return {"method": "motion_residual", "block": int(self.block), "search": int(self.search),
+                "motion_channels": MOTION_CHANNELS, "dead_zone": float(self.dead_zone),
+                "residual": {"graph": RESIDUAL_GRAPH, "latent_channels": int(self.codec.latent_channels)}}
+
+    def residual_decoder(self, size: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda latent: self.codec.decode(latent, size).transpose(0, 3, 1, 2)
 
     def config(self) -> dict[str, Any]:
         return {"block": self.block, "search": self.search, "strategy": self.strategy, "match": self.match,

@@ -1,50 +1,50 @@
-"""Spaces by name, and rebuilding a space from its saved state."""
+"""Spaces by name: a mapping filled by `@register_space`, and building a space from settings or a saved state.
+
+Adding a space is one file whose class is decorated with `@register_space`, imported once (the built-in
+spaces by `dvdm/spaces/__init__.py`). Nothing here or elsewhere branches on a space's name.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from dvdm.codec.quantize import DEFAULT_DEAD_ZONE
 from dvdm.errors import ConfigError
-from dvdm.spaces.base import Normalizer, TargetSpace
-from dvdm.spaces.diff import DiffSpace
-from dvdm.spaces.mvres import MVResSpace, PixelUnshuffleResidualCodec
-from dvdm.spaces.rgb import RGBSpace
 
-SPACES = ("rgb", "diff", "mvres")
+SPACES: dict[str, type] = {}
+Space = TypeVar("Space", bound=type)
 
 
-def build_space(name: str, *, reference: str = "first", codec=None, block: int = 16, search: int | None = None,
-                strategy: str = "fast", dead_zone: float = DEFAULT_DEAD_ZONE, match: str = "luma",
-                static_threshold: float = 0.0) -> TargetSpace:
-    """A space by name. `mvres` takes a residual codec (the autoencoder); without one it is lossless."""
-    if name == "rgb":
-        return RGBSpace()
-    if name == "diff":
-        return DiffSpace(reference)
-    if name == "mvres":
-        try:
-            return MVResSpace(codec or PixelUnshuffleResidualCodec(block), search=search, strategy=strategy,
-                              dead_zone=dead_zone, match=match, static_threshold=static_threshold)
-        except ValueError as exc:
-            raise ConfigError(f"mvres: {exc}") from None
-    raise ConfigError(f"unknown target space {name!r}; choose one of {', '.join(SPACES)}")
+def register_space(cls: Space) -> Space:
+    """Class decorator: make `cls` available under `cls.name`."""
+    name = getattr(cls, "name", "")
+    if not name or SPACES.get(name, cls) is not cls:
+        raise ValueError(f"cannot register space {cls.__name__}: name {name!r} is empty or taken")
+    SPACES[name] = cls
+    return cls
 
 
-def space_from_state(state: dict[str, Any], codec=None) -> TargetSpace:
-    """Inverse of `TargetSpace.state()`; `codec` supplies the autoencoder for `mvres`."""
-    cfg = state.get("config", {})
-    name = state["name"]
-    if name == "mvres":
-        # models saved before a setting existed: plain rounding (dead zone 0.5), luma matching, no threshold
-        space = build_space(name, codec=codec, block=cfg["block"], search=cfg["search"], strategy=cfg["strategy"],
-                            dead_zone=cfg.get("dead_zone", DEFAULT_DEAD_ZONE), match=cfg.get("match", "luma"),
-                            static_threshold=cfg.get("static_threshold", 0.0))
-        if space.channels != 2 + cfg["latent_channels"]:
-            raise ConfigError(f"mvres: the residual codec has {space.channels - 2} latent channels, the saved "
-                              f"model expects {cfg['latent_channels']}")
-    else:
-        space = build_space(name, **{k: v for k, v in cfg.items() if k == "reference"})
+def space_class(name: str) -> Any:
+    """The class registered as `name` (ConfigError naming the known spaces otherwise)."""
+    if name not in SPACES:
+        raise ConfigError(f"unknown target space {name!r}; choose one of {', '.join(SPACES)}")
+    return SPACES[name]
+
+
+def build_space(name: str, codec: Any = None, **settings: Any) -> Any:
+    """A space for training, from its settings (each space reads the ones it declares); `codec` is the
+    trained residual codec for spaces that need one."""
+    known = {key for cls in SPACES.values() for key in cls.settings}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown space setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return space_class(name).from_settings(settings, codec)
+
+
+def space_from_state(state: dict[str, Any], codec: Any = None) -> Any:
+    """Inverse of `TargetSpace.state()`; `codec` supplies the trained residual codec where one is needed."""
+    from dvdm.spaces.base import Normalizer
+
+    space = space_class(state["name"]).from_config(state.get("config", {}), codec)
     if state.get("normalizer"):
         space.normalizer = Normalizer(**state["normalizer"])
     return space

@@ -23,7 +23,7 @@ from dvdm.diffusion import GaussianDiffusion
 from dvdm.errors import ConfigError, DataError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.pipeline import VideoPipeline, image_to_tensor
-from dvdm.spaces import TargetSpace, build_space
+from dvdm.spaces import TargetSpace, build_space, space_class
 from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 
@@ -65,6 +65,26 @@ def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
         raise ConfigError(f"train.diffusion: {exc}") from None
 
 
+def build_training_space(params: TrainParams, autoencoder_dir: str | Path | None
+                         ) -> tuple[TargetSpace, dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """The space to train in, plus the autoencoder's config and weights to save with the denoiser when the
+    space is built around the trained residual codec."""
+    settings: dict[str, Any] = {"reference": params.diff_reference, "dead_zone": params.dead_zone}
+    if not space_class(params.space).needs_codec:
+        return build_space(params.space, **settings), None, {}
+    if autoencoder_dir is None:
+        raise ConfigError(f"space {params.space} needs a trained residual autoencoder (--autoencoder DIR from "
+                          f"train-ae)")
+    from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+    from dvdm.stages.train_ae import autoencoder_search_settings, load_autoencoder
+
+    ae = load_autoencoder(autoencoder_dir)
+    # encode with the motion search the autoencoder's residuals came from (decompose's settings)
+    settings.update(autoencoder_search_settings(autoencoder_dir))
+    space = build_space(params.space, codec=AutoencoderResidualCodec(ae, "cpu"), **settings)
+    return space, as_dict(ae.config), {"autoencoder": ae.state_dict()}
+
+
 def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: str | Path,
                         autoencoder_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     out_dir = Path(out_dir)
@@ -74,22 +94,7 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     t, h, w = data.records[0]["frames"], data.records[0]["height"], data.records[0]["width"]
     torch.manual_seed(params.seed)
 
-    codec, ae_config, ae_weights = None, None, {}
-    if params.space == "mvres":
-        if autoencoder_dir is None:
-            raise ConfigError("space mvres needs a trained residual autoencoder (--autoencoder DIR from train-ae)")
-        from dvdm.spaces.ae_codec import AutoencoderResidualCodec
-        from dvdm.stages.train_ae import autoencoder_search_settings, load_autoencoder
-
-        ae = load_autoencoder(autoencoder_dir)
-        codec = AutoencoderResidualCodec(ae, "cpu")
-        ae_config, ae_weights = as_dict(ae.config), {"autoencoder": ae.state_dict()}
-        # encode with the motion search the autoencoder's residuals came from (decompose's settings)
-        search = autoencoder_search_settings(autoencoder_dir)
-    else:
-        search = {}
-    space = build_space(params.space, reference=params.diff_reference, codec=codec,
-                        block=codec.block if codec else 16, dead_zone=params.dead_zone, **search)
+    space, ae_config, ae_weights = build_training_space(params, autoencoder_dir)
 
     started = time.perf_counter()
     raws, firsts, captions, _ = encode_split(data, "train", space, params.max_clips)

@@ -15,13 +15,6 @@ from typing import Any
 
 from dvdm.utils.atomic import write_text
 
-SPACES = {
-    "rgb": "VDM baseline: the denoiser generates the frames themselves",
-    "diff": "D-VDM: the denoiser generates differences to the first frame",
-    "mvres": "ED-VDM: the denoiser generates per-block motion vectors + autoencoded residuals, decoded by "
-             "motion compensation",
-}
-
 DEFAULT_INTENDED_USE = {
     "direct": "Research on image-to-video generation and on decoupling content (first frame) from motion "
               "(motion vectors + residuals); generating short clips that continue a given first frame, "
@@ -38,6 +31,13 @@ DEFAULT_LIMITATIONS = [
     "same protocol (see Evaluation).",
     "The text encoder is a frozen sentence embedding; prompts unlike the training captions have little effect.",
 ]
+
+
+def _described(space: str) -> str:
+    """" (the space's own description)" for a registered space, else nothing."""
+    from dvdm.spaces import SPACES
+
+    return f" ({SPACES[space].description})" if space in SPACES else ""
 
 
 def render_model_card(*, model: Mapping[str, Any], data: Mapping[str, Any], training: Mapping[str, Any],
@@ -60,7 +60,7 @@ def render_model_card(*, model: Mapping[str, Any], data: Mapping[str, Any], trai
 
     lines += ["## Model details", ""]
     if space:
-        lines += [f"Target space: `{space}`" + (f" ({SPACES[space]})" if space in SPACES else "") + ".", ""]
+        lines += [f"Target space: `{space}`{_described(space)}.", ""]
     lines += [("Image-to-video diffusion: a 3D U-Net denoiser conditioned on the first frame and a caption, "
                "sampling a target space that is decoded back to a clip (Decoupled Video Diffusion)."), ""]
     lines += _table({k: v for k, v in model.items() if k != "space"})

@@ -7,7 +7,7 @@ The same computation as the torch `dvdm.pipeline.VideoPipeline`: the image is sc
 encoded once per request by the `image_encoder` graph; the prompt by the `text_encoder` graph; DDIM runs in
 numpy and calls the `denoiser` graph once per step (on a doubled batch, conditional then unconditional
 with the learned null-text embedding, when classifier-free guidance is on); the target is denormalised
-and decoded as the manifest's `decode` block says (`serving.decode`).
+and decoded as the manifest's `decode` block says (`dvdm.runtime.decode`).
 
 Noise: sample i starts from `np.random.default_rng(seeds[i])` standard normal noise of the target shape
 (and, with eta > 0, draws its per-step noise from `default_rng([seeds[i], 1])`), so a seed reproduces its
@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from serving.decode import check_spec, decode_target
-from serving.errors import InvalidRequest, ManifestError
-from serving.manifest import load_manifest
-from serving.runtime import ProviderChoice, choose_provider, create_session
-from serving.sampler import DDIM, check_guidance, guide
+from dvdm.runtime.ddim import DDIM
+from dvdm.runtime.decode import check_spec, decode_target
+from dvdm.runtime.errors import InvalidRequest, ManifestError
+from dvdm.runtime.guidance import check_guidance, guide
+from dvdm.runtime.manifest import load_manifest
+from dvdm.runtime.sessions import ProviderChoice, choose_provider, create_session
 
-log = logging.getLogger("serving.pipeline")
+log = logging.getLogger("dvdm.runtime.pipeline")
 
 RESIZE_POLICIES = ("short_side_center_crop", "stretch")
 
@@ -92,7 +93,7 @@ class OrtVideoPipeline:
                                 f"{sorted(wanted)} for a manifest of format version {manifest['format_version']}")
         text_encoder = None
         if manifest["text"] is not None:
-            from serving.text import OrtTextEncoder
+            from dvdm.runtime.text import OrtTextEncoder
 
             if "text_encoder" not in sessions:
                 raise ManifestError(f"{root}: the model is text-conditioned but the export has no text_encoder")

@@ -1,16 +1,16 @@
-"""Decoding a generated (denormalised) target to uint8 frames, in numpy, driven by the manifest alone.
+"""Decoding a generated (denormalised) target to uint8 frames, in numpy, driven by a `decode` block alone.
 
-The manifest's `decode` block names a generic method and its parameters; nothing here knows the names of
-the target spaces. Two methods cover them (the export checks, on random targets, that each reproduces the
-space's own `decode` exactly):
+Every target space describes its decode as such a block (`TargetSpace.decode_spec`, written into the export
+manifest) and decodes through `decode_target`, so the library and the service run the same code; nothing
+here knows the names of the spaces. Two methods cover them:
 
 - `pixels`: the target is (3, T-1, H, W) on the frame grid. `v = rint((target + offset) * scale)`, then
   `reference` says what v is relative to: "none" (v are the frames), "first" (differences to the first
   frame) or "previous" (differences to the previous frame, summed along time). Clipped to uint8.
 - `motion_residual`: (motion_channels + latent_channels, T-1, gh, gw) on the block grid: integer block
   motion vectors (`dvdm.codec.quantize`: dead zone, rounded, clipped to +-search) and residual latents,
-  decoded to pixel residuals by the `residual_decoder` graph, then motion compensation from the previous decoded frame plus the residual
-  (`dvdm.codec.residuals.reconstruct`, numpy only).
+  decoded to pixel residuals by the residual decoder (the autoencoder, or its ONNX graph in the service),
+  then motion compensation from the previous decoded frame plus the residual (`dvdm.codec.residuals`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import numpy as np
 from dvdm.codec.differences import integrate_differences
 from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, check_dead_zone, quantize_motion
 from dvdm.codec.residuals import reconstruct
-from serving.errors import ManifestError
+from dvdm.runtime.errors import ManifestError
 
 ResidualDecoder = Callable[[np.ndarray], np.ndarray]
 """(N, k, gh, gw) latents -> (N, 3, H, W) float residuals in pixel units."""
 
 METHODS = ("pixels", "motion_residual")
+RESIDUAL_GRAPH = "residual_decoder"  # the graph (export) that decodes residual latents
 REFERENCES = ("none", "first", "previous")
 
 

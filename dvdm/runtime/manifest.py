@@ -1,10 +1,23 @@
-"""The export folder's `manifest.json`: reading it, checking its shape, and verifying every file's sha256.
+"""The export folder's `manifest.json`: its format, writing its `files` block, reading and verifying it.
 
 The manifest is the contract between `dvdm export` (torch side) and `serving` (numpy + onnxruntime): it
 says everything inference needs (space geometry, normalisation, noise schedule, prediction type, sampler
 defaults, how to preprocess the image, tokenise the prompt and decode the target), so serving never
-branches on anything the manifest does not say. Written by `dvdm.export.manifest`; keep the two in step
-(`FORMAT`/`FORMAT_VERSION` are checked by a test).
+branches on anything the manifest does not say. `dvdm.export` writes it with `file_entries` and the
+constants here; the service reads it with `load_manifest`.
+
+Layout of an export folder:
+
+```
+export/
+  manifest.json          format, space, shapes, normalisation, schedule, sampler defaults, decode, files+sha256
+  denoiser.onnx          (x_t, t, image_features[, text]) -> model_output
+  image_encoder.onnx     first_frame -> image_features
+  text_encoder.onnx      (input_ids, attention_mask) -> embedding          (text-conditioned models)
+  residual_decoder.onnx  latent -> residual                                (codec spaces, e.g. mvres)
+  tokenizer/             tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json
+  parity.json            the parity report (not needed for inference, not hashed)
+```
 """
 
 from __future__ import annotations
@@ -15,11 +28,12 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from serving.errors import ExportIntegrityError, ManifestError
+from dvdm.runtime.errors import ExportIntegrityError, ManifestError
 
 FORMAT = "dvdm-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PARITY = "parity.json"
 
 REQUIRED = ("format", "format_version", "clip", "target_shape", "normalization", "diffusion", "sampler", "image",
             "text", "decode", "graphs", "files")
@@ -31,6 +45,15 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_entries(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{relative name: {"sha256", "bytes"}} for files under `root` (POSIX separators): the `files` block."""
+    out = {}
+    for name in sorted(names):
+        f = root / name
+        out[name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+    return out
 
 
 def _safe_relative(name: str) -> PurePosixPath:

@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from serving.errors import InvalidRequest, ManifestError
+from dvdm.runtime.errors import ManifestError
+from dvdm.runtime.prompts import prompt_list
 
 
 class OrtTextEncoder:
@@ -38,12 +39,7 @@ class OrtTextEncoder:
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), dim) float32 unit vectors."""
-        if isinstance(prompts, str):
-            raise InvalidRequest("encode expects a list of prompts, not a single string")
-        prompts = list(prompts)
-        for p in prompts:
-            if not isinstance(p, str):
-                raise InvalidRequest(f"prompts must be strings, got {type(p).__name__}")
+        prompts = prompt_list(prompts)
         if not prompts:
             return np.zeros((0, self.dim), np.float32)
         return self.session.run([self.output], self.tokenize(prompts))[0].astype(np.float32, copy=False)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from serving.errors import ProviderError
+from dvdm.runtime.errors import ProviderError
 
-log = logging.getLogger("serving.runtime")
+log = logging.getLogger("dvdm.runtime.sessions")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
