@@ -9,17 +9,11 @@ from dvdm.data.base import ClipSpec
 from dvdm.data.synthetic import COLORS, DIRECTIONS, SPEEDS, SyntheticSource, speeds_px
 from dvdm.errors import ClipTooShortError, VideoError
 from dvdm.evaluate.errors import EvaluationError
-from dvdm.evaluate.frame_metrics import (
-    PSNR_CAP_DB,
-    clip_fidelity,
-    first_frame_fidelity,
-    psnr_per_frame,
-    set_metrics,
-    ssim_per_frame,
-    temporal_consistency,
-)
+from dvdm.evaluate.frame_metrics import clip_fidelity, first_frame_fidelity, set_metrics, temporal_consistency
 from dvdm.evaluate.motion_following import classify_velocity, estimate_motion, score_motion_following
 from dvdm.evaluate.video_folder import iter_clips, list_video_folder, scan_video_folder
+from dvdm.metrics.psnr import PSNR_CAP_DB, psnr_per_frame
+from dvdm.metrics.ssim import ssim_per_frame
 from dvdm.video import write_frames, write_gif, write_mp4
 
 

@@ -1,11 +1,8 @@
 """Per-frame fidelity (PSNR, SSIM), first-frame fidelity, and temporal consistency of generated clips.
 
-PSNR and SSIM come from `torchmetrics.functional` (plain torchmetrics; the [image] extra is never needed)
-with SSIM's defaults (Gaussian window 11, sigma 1.5), on RGB in [0, 1]. SSIM runs in float32 (float64
-convolutions are 10x slower on CPU), which is accurate to about 1e-5: identical frames give 0.99999.
-A clip's value is the mean over its frames, a set's the mean over clips (the convention of the paper's
-Table 2: "averaged over 16 frames").
-Identical frames have infinite PSNR; it is capped at `PSNR_CAP_DB` so that means and JSON stay finite.
+PSNR and SSIM are `dvdm.metrics`' (its docstring has the conventions: PSNR capped at 100 dB, SSIM with a
+Gaussian window 11 / sigma 1.5 on RGB in [0, 1]). A clip's value is the mean over its frames, a set's the
+mean over clips (the convention of the paper's Table 2: "averaged over 16 frames").
 
 Temporal consistency is the warping error between consecutive generated frames: frame t is predicted from
 frame t-1 by block motion compensation (the codec's own block matching), and the error left over is what
@@ -19,43 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from dvdm.codec.compensate import motion_compensate
 from dvdm.codec.search import SearchConfig, match_blocks
 from dvdm.evaluate.errors import EvaluationError
-
-PSNR_CAP_DB = 100.0
-
-
-def _frames_tensor(frames: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [0, 1]."""
-    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected uint8 RGB frames (T, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    return x.permute(0, 3, 1, 2).to(dtype) / 255.0
-
-
-def _pair(pred: Any, target: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    p, t = _frames_tensor(pred, dtype), _frames_tensor(target, dtype)
-    if p.shape != t.shape:
-        raise ValueError(f"generated {tuple(p.shape)} and reference {tuple(t.shape)} frames differ in shape "
-                         "(T, C, H, W); resize or trim before comparing")
-    return p, t
-
-
-def psnr_per_frame(pred: np.ndarray, target: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
-    """PSNR in dB of each frame pair, uint8 (T, H, W, 3) inputs; (T,) float64, capped at `cap_db`."""
-    p, t = _pair(pred, target, torch.float64)
-    values = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return np.minimum(values.numpy(), cap_db)
-
-
-def ssim_per_frame(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """SSIM of each frame pair (channels averaged), uint8 (T, H, W, 3) inputs; (T,) float64."""
-    p, t = _pair(pred, target, torch.float32)
-    return structural_similarity_index_measure(p, t, data_range=1.0, reduction="none").double().numpy()
+from dvdm.metrics.psnr import psnr_per_frame
+from dvdm.metrics.ssim import ssim_per_frame
 
 
 def clip_fidelity(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:

@@ -53,11 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dvdm.errors import ConfigError
-from dvdm.models.ssim import ssim
-
-PEAK = 255.0
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
+from dvdm.metrics.psnr import PEAK
+from dvdm.metrics.ssim import ssim
 
 
 class AutoencoderConfigError(ConfigError, ValueError):
@@ -320,8 +317,8 @@ class ResidualAutoencoder(nn.Module):
 
         total = l1 + mse_weight * mse + ssim_weight * (1 - ssim) + kl_weight * kl, where l1 and mse are the
         mean absolute and squared errors of the scaled residuals (pixel error / residual_scale), ssim is
-        the Gaussian-window SSIM (11 px, sigma
-        1.5) with data_range = 255 / residual_scale: a frame's range in the scaled space. SSIM is
+        `dvdm.metrics.ssim` with the reported window (Gaussian, 11 px, sigma 1.5) and
+        data_range = 255 / residual_scale: a frame's range in the scaled space. SSIM is
         scale-equivariant, so this equals the SSIM of the pixel-unit residuals with data_range 255 and
         does not change with residual_scale. Returns 0-d tensors: total (differentiable) and, detached for
         logging, l1, mse, ssim (the similarity, not 1 - SSIM) and kl (0 without `kl`).
@@ -332,7 +329,7 @@ class ResidualAutoencoder(nn.Module):
         err = y - x
         l1 = err.abs().mean()
         mse = err.pow(2).mean()
-        sim = ssim(y, x, data_range=PEAK / s, window_size=SSIM_WINDOW, sigma=SSIM_SIGMA)
+        sim = ssim(y, x, data_range=PEAK / s)  # the reported SSIM's window, so the loss optimises that number
         total = l1 + self.config.mse_weight * mse + self.config.ssim_weight * (1.0 - sim)
         if self.config.kl:
             total = total + self.config.kl_weight * kl_term
@@ -368,22 +365,3 @@ def roundtrip_fn(model: ResidualAutoencoder, device: torch.device | str | None =
             return out[0].permute(1, 2, 0).float().cpu().numpy()
 
     return fn
-
-
-def residual_psnr(r: np.ndarray | torch.Tensor, r_hat: np.ndarray | torch.Tensor) -> float:
-    """PSNR (dB, peak 255) of a residual reconstruction: 10 log10(255^2 / MSE), the MSE over all elements
-    given, in pixel units, without rounding. Adding the error to the motion-compensated prediction gives
-    the same error on the frame, so this is the PSNR the reconstructed frames would have (before the
-    decoder's rounding and clipping to [0, 255]), our reading of the paper's Table 5. Pooled over everything
-    passed (not a mean of per-frame PSNRs, which all-zero residual frames would make infinite); inf when
-    the reconstruction is exact."""
-    def as_np(a: np.ndarray | torch.Tensor) -> np.ndarray:
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().double().numpy()
-        return np.asarray(a, np.float64)
-
-    a, b = as_np(r), as_np(r_hat)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a - b) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)

@@ -10,8 +10,8 @@ data, cFVD/sFVD where the clips carry classes/subjects, and sampling time per cl
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dic
         return {"fvd_skipped": f"clips have {real[0].shape[0]} frames; the FVD protocol needs {FVD_FRAMES} "
                                f"(evaluate.fvd_frames sets another clip length, >= 9, for comparisons of your own)"}
     from dvdm.evaluate.errors import I3DWeightsMissing
-    from dvdm.evaluate.fvd import extract_features, fvd_from_features
+    from dvdm.metrics.fvd import extract_features, fvd_from_features
     from dvdm.evaluate.group_fvd import cfvd, sfvd
     from dvdm.evaluate.i3d import load_i3d
 
@@ -198,83 +198,120 @@ def prompt_swap_section(pipe, params: EvaluateParams, records: list[dict], clips
     return metrics
 
 
-def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | Path,
-                 out_dir: str | Path, metrics_file: str | Path | None = None) -> dict[str, Any]:
-    """Sample the held-out clips with a trained model and write every metric, picture and report.
+@dataclass
+class Samples:
+    """The generated clips, each with the held-out clip it was conditioned on and the seed it used."""
 
-    `metrics_file` (optional) gets a copy of metrics.json outside the report directory, for DVC.
-    """
-    from dvdm.evaluate.frame_metrics import set_metrics
-    from dvdm.evaluate.motion_following import score_motion_following
+    videos: list[np.ndarray]
+    references: list[np.ndarray]
+    records: list[dict]
+    seeds: list[int]
+    seconds: float
+
+
+def load_pipeline(model_dir: Path, device: str):
+    """The trained model: a train output folder (its `checkpoint/`) or a checkpoint folder itself."""
     from dvdm.pipeline import VideoPipeline
-    from dvdm.video.writer import write_gif, write_mp4
 
-    if params.steps < 1 or params.max_clips < 0 or params.batch_size < 1 or params.samples_per_clip < 1:
-        raise DvdmError("evaluate: steps, batch_size and samples_per_clip must be >= 1 and max_clips >= 0")
-    model_dir = Path(model_dir)
     ckpt = model_dir / "checkpoint" if (model_dir / "checkpoint" / "config.json").is_file() else model_dir
-    pipe = VideoPipeline.from_checkpoint(ckpt, device=params.device)
-    data = ShardedDataset(Path(data_dir))
-    split, records, real = held_out(data, params.split, params.max_clips)
-    if params.prompt_swap_clips > len(real):
-        _, swap_records, swap_clips = held_out(data, params.split, params.prompt_swap_clips)
-    else:
-        swap_records, swap_clips = records, real
-    want = (pipe.frames, pipe.height, pipe.width)
-    if real[0].shape[:3] != want:
-        raise DataError(f"{data_dir}: clips are {'x'.join(map(str, real[0].shape[:3]))} (frames x H x W) but "
-                        f"the model generates {'x'.join(map(str, want))}")
+    return VideoPipeline.from_checkpoint(ckpt, device=device)
 
-    # k samples per held-out clip (the BAIR protocol draws 100): sample j of clip i uses seed
-    # seed + j * n + i, so k = 1 reproduces the same videos as before.
+
+def sample_held_out(pipe, params: EvaluateParams, records: list[dict], real: list[np.ndarray]) -> Samples:
+    """k samples per held-out clip (the BAIR protocol draws 100) from its first frame and caption: sample j
+    of clip i uses seed seed + j * n + i, so k = 1 reproduces the same videos as before."""
     n, k = len(real), params.samples_per_clip
     jobs = [(j * n + i, i) for j in range(k) for i in range(n)]
-    fake: list[np.ndarray] = []
+    videos: list[np.ndarray] = []
     started = time.perf_counter()
     for b in range(0, len(jobs), params.batch_size):
         chunk = jobs[b:b + params.batch_size]
         prompts = [records[i].get("caption") or "" for _, i in chunk]
         out = pipe(np.stack([real[i][0] for _, i in chunk]), prompts, steps=params.steps,
-                   guidance=params.guidance, seeds=[params.seed + s_ for s_, _ in chunk], sampler=params.sampler)
-        fake.extend(list(out))
-    seconds = time.perf_counter() - started
-    fake_real = [real[i] for _, i in jobs]
-    fake_records = [records[i] for _, i in jobs]
+                   guidance=params.guidance, seeds=[params.seed + s for s, _ in chunk], sampler=params.sampler)
+        videos.extend(list(out))
+    return Samples(videos=videos, references=[real[i] for _, i in jobs], records=[records[i] for _, i in jobs],
+                   seeds=[params.seed + s for s, _ in jobs], seconds=time.perf_counter() - started)
 
-    frame = set_metrics(fake, fake_real)
+
+def motion_following_block(samples: Samples) -> dict[str, Any]:
+    """Direction/speed accuracy of the prompted motion, when every clip carries the synthetic labels."""
+    from dvdm.evaluate.motion_following import score_motion_following
+
+    labels = [r.get("labels") or {} for r in samples.records]
+    if not all("direction_index" in lab and "objects" in lab for lab in labels):
+        return {}
+    mf = score_motion_following(samples.videos, labels)
+    out = {k: mf[k] for k in ("direction_accuracy", "speed_accuracy", "motion_accuracy", "velocity_error",
+                              "object_not_found")}
+    out["motion_chance"] = mf["chance"]
+    return out
+
+
+def write_videos(folder: Path, params: EvaluateParams, real: list[np.ndarray], samples: Samples) -> None:
+    """The side-by-side grid (GIF + MP4) and every generated clip as `samples/<clip id>-seed<seed>.mp4`."""
+    from dvdm.video.writer import write_gif, write_mp4
+
+    grid_n = min(params.grid_clips, len(samples.videos))
+    grid = side_by_side(real[:grid_n], samples.videos[:grid_n])
+    write_gif(folder / "grid.gif", grid, fps=params.fps)
+    write_mp4(folder / "grid.mp4", grid, fps=params.fps)
+    (folder / "samples").mkdir()
+    for seed, rec, video in zip(samples.seeds, samples.records, samples.videos):
+        write_mp4(folder / "samples" / f"{rec['id'].replace('/', '_')}-seed{seed}.mp4", video, fps=params.fps)
+
+
+def write_per_frame(folder: Path, space: str, frame: dict[str, Any]) -> None:
+    """The mean per-frame PSNR/SSIM curves: two plots and `per_frame.json`."""
+    _plot_curves(folder / "psnr_per_frame.png", {space: frame["psnr_per_frame"]}, "PSNR (dB)")
+    _plot_curves(folder / "ssim_per_frame.png", {space: frame["ssim_per_frame"]}, "SSIM")
+    write_json(folder / "per_frame.json", [{"frame": i + 1, "psnr": p, "ssim": q} for i, (p, q) in
+                                           enumerate(zip(frame["psnr_per_frame"], frame["ssim_per_frame"]))])
+
+
+def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | Path,
+                 out_dir: str | Path, metrics_file: str | Path | None = None) -> dict[str, Any]:
+    """Sample the held-out clips with a trained model, write every metric, picture and report, and return
+    the metrics (what metrics.json holds).
+
+    `metrics_file` (optional) gets a copy of metrics.json outside the report directory, for DVC.
+    """
+    from dvdm.evaluate.frame_metrics import set_metrics
+
+    if params.steps < 1 or params.max_clips < 0 or params.batch_size < 1 or params.samples_per_clip < 1:
+        raise DvdmError("evaluate: steps, batch_size and samples_per_clip must be >= 1 and max_clips >= 0")
+    model_dir = Path(model_dir)
+    pipe = load_pipeline(model_dir, params.device)
+    data = ShardedDataset(Path(data_dir))
+    split, records, real = held_out(data, params.split, params.max_clips)
+    want = (pipe.frames, pipe.height, pipe.width)
+    if real[0].shape[:3] != want:
+        raise DataError(f"{data_dir}: clips are {'x'.join(map(str, real[0].shape[:3]))} (frames x H x W) but "
+                        f"the model generates {'x'.join(map(str, want))}")
+
+    samples = sample_held_out(pipe, params, records, real)
+    frame = set_metrics(samples.videos, samples.references)
     metrics: dict[str, Any] = {
-        "model": str(model_dir), "data": str(data_dir), "split": split, "n_clips": len(fake),
-        "n_real_clips": n, "samples_per_clip": k,
-        "space": pipe.space.name, "sample_seconds_per_clip": seconds / len(fake),
+        "model": str(model_dir), "data": str(data_dir), "split": split, "n_clips": len(samples.videos),
+        "n_real_clips": len(real), "samples_per_clip": params.samples_per_clip,
+        "space": pipe.space.name, "sample_seconds_per_clip": samples.seconds / len(samples.videos),
         **{k: v for k, v in frame.items() if not k.endswith("_per_frame") and k != "n"},
     }
-    labels = [r.get("labels") or {} for r in fake_records]
-    if all("direction_index" in lab and "objects" in lab for lab in labels):
-        mf = score_motion_following(fake, labels)
-        metrics.update({k: mf[k] for k in ("direction_accuracy", "speed_accuracy", "motion_accuracy",
-                                           "velocity_error", "object_not_found")})
-        metrics["motion_chance"] = mf["chance"]
-    metrics.update(_fvd_block(real, fake, records, fake_records, params))
+    metrics.update(motion_following_block(samples))
+    metrics.update(_fvd_block(real, samples.videos, records, samples.records, params))
     metrics["params"] = as_dict(params)
 
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(Path(out_dir)) as tmp:
         if params.prompt_swap_clips or params.prompt_swap_drawn:
+            if params.prompt_swap_clips > len(real):
+                _, swap_records, swap_clips = held_out(data, params.split, params.prompt_swap_clips)
+            else:
+                swap_records, swap_clips = records, real
             metrics.update(prompt_swap_section(pipe, params, swap_records, swap_clips, tmp / "prompt_swap"))
-        grid_n = min(params.grid_clips, len(fake))
-        grid = side_by_side(real[:grid_n], fake[:grid_n])
-        write_gif(tmp / "grid.gif", grid, fps=params.fps)
-        write_mp4(tmp / "grid.mp4", grid, fps=params.fps)
-        (tmp / "samples").mkdir()
-        for (seed_offset, _), rec, video in zip(jobs, fake_records, fake):
-            name = f"{rec['id'].replace('/', '_')}-seed{params.seed + seed_offset}.mp4"
-            write_mp4(tmp / "samples" / name, video, fps=params.fps)
-        _plot_curves(tmp / "psnr_per_frame.png", {pipe.space.name: frame["psnr_per_frame"]}, "PSNR (dB)")
-        _plot_curves(tmp / "ssim_per_frame.png", {pipe.space.name: frame["ssim_per_frame"]}, "SSIM")
-        write_json(tmp / "per_frame.json", [{"frame": i + 1, "psnr": p, "ssim": q} for i, (p, q) in
-                                            enumerate(zip(frame["psnr_per_frame"], frame["ssim_per_frame"]))])
+        write_videos(tmp, params, real, samples)
+        write_per_frame(tmp, pipe.space.name, frame)
         write_json(tmp / "metrics.json", metrics)
         (tmp / "report.md").write_text(_report(metrics, params))
     if metrics_file is not None:
         write_json(Path(metrics_file), metrics)
-    return json.loads((out_dir / "metrics.json").read_text())
+    return metrics

@@ -3,8 +3,8 @@
 What it owns: batching from an in-memory dataset with its own seeded generator, the optimizer, gradient
 clipping, AMP on CUDA, EMA, a NaN guard, periodic samples, complete checkpoints and bit-identical resume
 on CPU (model, EMA, optimizer, step, and every RNG the loop draws from are restored). What it does not
-own: the loss (a callable), the data preparation, and where metrics go (callbacks; the MLflow integration
-is one of them).
+own: the loss (a callable), the data preparation, and where metrics go (callbacks; `JsonlMetrics` writes
+the metrics.jsonl the pipeline replays into MLflow).
 """
 
 from __future__ import annotations
