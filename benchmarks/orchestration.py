@@ -2,7 +2,7 @@
 
 The same tiny pipeline (the `tiny` preset: every stage of dvc.yaml, from ingest to export) runs in a fresh
 project copy two ways, each in its own fresh process, alternating:
-- `direct`: the stage commands called one after another in-process (what the flow's tasks run), no
+- `direct`: the stage functions called one after another in-process (what the flow's tasks run), no
   orchestration, no tracking, no DVC;
 - `flow`: `dvdm pipeline --force` (Prefect flow on a local server started by the call, a
   `dvc commit` per stage, an MLflow parent run + a child run per stage with metrics and artifacts, model
@@ -34,13 +34,13 @@ import json, sys, time
 from pathlib import Path
 from flows.dvc_stages import read_stages
 from flows.environment import working_directory
-from flows.stage_task import invoke_cli
+from flows.stage_task import call_stage
 root = Path(sys.argv[1])
 seconds = {}
 with working_directory(root):
     for stage in read_stages(root).values():
         t0 = time.perf_counter()
-        invoke_cli(stage.argv())
+        call_stage(root, stage.name)
         seconds[stage.name] = time.perf_counter() - t0
 print("STAGES " + json.dumps(seconds))
 """

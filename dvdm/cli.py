@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +16,7 @@ import typer
 from dvdm import __version__
 from dvdm.config import DecomposeParams
 from dvdm.errors import DvdmError
+from dvdm.stages.registry import STAGES
 
 app = typer.Typer(
     name="dvdm", help="Decoupled content/motion image-to-video diffusion: data, codec, training, serving.",
@@ -29,6 +29,10 @@ ParamsOpt = Annotated[Optional[Path], typer.Option(
     "--params", help="params.yaml to read the stage's section from (default: ./params.yaml if present).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override one setting, key=value (dotted keys reach into options, e.g. options.num_train=8).")]
+
+
+INGEST, DECOMPOSE, TRAIN_AE, TRAIN_DIFFUSION, EVALUATE, EXPORT = (STAGES[name] for name in (
+    "ingest", "decompose", "train-ae", "train-diffusion", "evaluate", "export"))
 
 
 def _params_path(params: Path | None) -> Path | None:
@@ -44,18 +48,14 @@ def _echo_json(obj: object) -> None:
 @app.command()
 def ingest(
     out: Annotated[Path, typer.Option("--out", help="Output dataset directory (replaced atomically).")]
-    = Path("data/ingested"),
+    = INGEST.path("out"),
     params: ParamsOpt = None,
     set_: SetOpt = None,
     source: Annotated[Optional[str], typer.Option("--source", help="Override ingest.source.")] = None,
 ) -> None:
     """Read clips from a source (synthetic, folder, bair, mhad, natops) into shards + manifest."""
-    from dvdm.config import section
-    from dvdm.stages.ingest import run_ingest
-
     overrides = list(set_ or []) + ([f"source={source}"] if source else [])
-    cfg = section(_params_path(params), "ingest", overrides)
-    summary = run_ingest(cfg, out)
+    summary = INGEST.run(INGEST.load_params(_params_path(params), overrides), {"out": out})
     typer.echo(f"ingested {summary['clips']} clips from {summary['source']} "
                f"({', '.join(f'{k} {v}' for k, v in summary['splits'].items())}) "
                f"at {summary['frames']}x{summary['height']}x{summary['width']} into {out} "
@@ -64,23 +64,17 @@ def ingest(
 
 @app.command()
 def decompose(
-    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = Path("data/ingested"),
+    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = DECOMPOSE.path("in"),
     out: Annotated[Path, typer.Option("--out", help="Output directory (replaced atomically).")]
-    = Path("data/decomposed"),
+    = DECOMPOSE.path("out"),
     params: ParamsOpt = None,
     set_: SetOpt = None,
     metrics: Annotated[Optional[Path], typer.Option(
         "--metrics", help="Also write the headline numbers as a flat JSON (a DVC metrics file).")] = None,
 ) -> None:
     """Split every clip into first frame + motion vectors + residuals (+ differences); write stats."""
-    from dvdm.config import section
-    from dvdm.stages.decompose import headline_metrics, run_decompose
-    from dvdm.utils.atomic import write_json
-
-    cfg = section(_params_path(params), "decompose", list(set_ or []))
-    stats = run_decompose(cfg, in_dir, out)
-    if metrics is not None:
-        write_json(metrics, headline_metrics(stats))
+    cfg = DECOMPOSE.load_params(_params_path(params), set_ or [])
+    stats = DECOMPOSE.run(cfg, {"in": in_dir, "out": out, "metrics": metrics})
     _print_decompose_summary(stats, out)
 
 
@@ -111,52 +105,12 @@ def inspect(
                                                  "residual.png and inspect.mp4 here.")] = None,
 ) -> None:
     """Decompose one video and report its motion field, residuals and exact round trip."""
-    import numpy as np
-
-    from dvdm.codec.decompose import DecomposeConfig
-    from dvdm.codec.decompose import decompose as run
-    from dvdm.errors import VideoError
-    from dvdm.video import read_video
+    from dvdm.codec.inspection import inspect_video
 
     if max_frames is not None and max_frames < 2:
         raise DvdmError(f"--max-frames must be >= 2, got {max_frames}")
-    video = read_video(path, max_frames=max_frames)
-    frames = video.frames
-    if frames.shape[0] < 2:
-        raise VideoError(f"{path}: has {frames.shape[0]} frame; at least 2 are needed to have motion")
-    t, h, w, _ = frames.shape
-    b = block or DecomposeConfig.default_block(h, w)
-    config = DecomposeConfig(block=b, search=search or b, strategy=strategy, mv_source=mv_source, match=match)
-    started = time.perf_counter()
-    d = run(frames, config)
-    seconds = time.perf_counter() - started
-    recon = d.reconstruct()
-    err = int(np.abs(recon.astype(np.int16) - frames).max())
-    zero_motion = float(np.abs(frames[1:].astype(np.int16) - frames[:-1]).mean())
-    report = {
-        "path": str(path), "frames": t, "height": h, "width": w, "fps": video.info.fps,
-        "codec": video.info.codec, "block": b, "search": config.search, "mv_source": mv_source, "match": match,
-        "strategy": strategy, "mv_grid": [int(d.mv.shape[1]), int(d.mv.shape[2])],
-        "residual_mean_abs": round(float(np.abs(d.residual).mean()), 4),
-        "zero_motion_residual_mean_abs": round(zero_motion, 4),
-        "zero_vector_fraction": round(float(((d.mv[..., 0] == 0) & (d.mv[..., 1] == 0)).mean()), 4),
-        "mean_vector_length": round(float(np.hypot(d.mv[..., 0], d.mv[..., 1]).mean()), 4),
-        "roundtrip_max_abs_error": err, "decompose_seconds": round(seconds, 4),
-    }
-    if d.valid is not None:
-        report["valid_vector_fraction"] = round(float(d.valid.mean()), 4)
-    if out is not None:
-        from dvdm.codec.visualize import inspect_mp4, inspect_png, motion_field_png, residual_png
-
-        out.mkdir(parents=True, exist_ok=True)
-        mid = (t - 1) // 2 + 1
-        inspect_png(out / "inspect.png", frames, d.mv, d.residual, block=b, valid=d.valid, title=str(path.name))
-        motion_field_png(out / "motion_field.png", frames[mid - 1], frames[mid], d.mv[mid - 1],
-                         None if d.valid is None else d.valid[mid - 1], block=b, title=f"frame {mid}")
-        residual_png(out / "residual.png", d.residual[mid - 1], title=f"residual of frame {mid}")
-        inspect_mp4(out / "inspect.mp4", frames, d.mv, d.residual, block=b,
-                    fps=video.info.fps or 8.0, max_motion=float(config.search))
-        report["outputs"] = sorted(str(p) for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    report = inspect_video(path, block=block, search=search, mv_source=mv_source, strategy=strategy, match=match,
+                           max_frames=max_frames, out=out)
     if as_json:
         typer.echo(json.dumps(report))
     else:
@@ -166,18 +120,16 @@ def inspect(
 
 @app.command("train-ae")
 def train_ae(
-    in_dir: Annotated[Path, typer.Option("--in", help="Decomposed dataset directory.")] = Path("data/decomposed"),
+    in_dir: Annotated[Path, typer.Option("--in", help="Decomposed dataset directory.")] = TRAIN_AE.path("in"),
     out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoint/, metrics.json, metrics.jsonl.")]
-    = Path("models/autoencoder"),
+    = TRAIN_AE.path("out"),
     params: ParamsOpt = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
 ) -> None:
     """Train ED-VDM's residual autoencoder (latent on the motion-vector grid)."""
-    from dvdm.config import section
-    from dvdm.stages.train_ae import run_train_ae
-
-    m = run_train_ae(section(_params_path(params), "train_ae", list(set_ or [])), in_dir, out, resume=resume)
+    cfg = TRAIN_AE.load_params(_params_path(params), set_ or [])
+    m = TRAIN_AE.run(cfg, {"in": in_dir, "out": out}, resume=resume)
     typer.echo(f"autoencoder trained for {m['steps']} steps in {m['train_seconds']:.0f}s -> {m['checkpoint']}; "
                f"{m['eval_split']} residual PSNR {m['residual_psnr']:.2f} dB, closed-loop reconstruction PSNR "
                f"{m['reconstruction_psnr']:.2f} dB / SSIM {m['reconstruction_ssim']:.4f}")
@@ -187,7 +139,7 @@ def train_ae(
 def train(
     space: Annotated[Optional[str], typer.Option("--space", help="rgb (VDM), diff (D-VDM) or mvres (ED-VDM).")]
     = None,
-    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = Path("data/ingested"),
+    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = TRAIN_DIFFUSION.path("in"),
     autoencoder: Annotated[Optional[Path], typer.Option(
         "--autoencoder", help="train-ae run directory (required for mvres).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default models/<space>).")] = None,
@@ -196,15 +148,12 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
 ) -> None:
     """Train the diffusion denoiser in one target space."""
-    from dvdm.config import section
-    from dvdm.stages.train_diffusion import run_train_diffusion
-
     overrides = list(set_ or []) + ([f"space={space}"] if space else [])
-    cfg = section(_params_path(params), "train", overrides)
+    cfg = TRAIN_DIFFUSION.load_params(_params_path(params), overrides)
     if cfg.space == "mvres" and autoencoder is None and Path("models/autoencoder").exists():
         autoencoder = Path("models/autoencoder")
     out = out or Path("models") / cfg.space
-    m = run_train_diffusion(cfg, in_dir, out, autoencoder_dir=autoencoder, resume=resume)
+    m = TRAIN_DIFFUSION.run(cfg, {"in": in_dir, "autoencoder": autoencoder, "out": out}, resume=resume)
     typer.echo(f"{m['space']} denoiser trained for {m['steps']} steps in {m['train_seconds']:.0f}s on "
                f"{m['train_clips']} clips (target {'x'.join(map(str, m['target_shape']))}, "
                f"{m['parameters'] / 1e6:.2f}M parameters); val loss {m['val_loss']}; -> {m['checkpoint']}")
@@ -213,21 +162,19 @@ def train(
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")]
-    = Path("models/diffusion"),
+    = EVALUATE.path("model"),
     in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory (its held-out split).")]
-    = Path("data/ingested"),
+    = EVALUATE.path("in"),
     out: Annotated[Path, typer.Option("--out", help="Report directory (replaced atomically).")]
-    = Path("reports/evaluate"),
+    = EVALUATE.path("out"),
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write metrics.json here (DVC).")]
     = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Sample held-out clips and measure them: FVD/KVD, PSNR/SSIM, motion-following; grid, plots, report."""
-    from dvdm.config import section
-    from dvdm.stages.evaluate import run_evaluate
-
-    m = run_evaluate(section(_params_path(params), "evaluate", list(set_ or [])), model, in_dir, out, metrics)
+    cfg = EVALUATE.load_params(_params_path(params), set_ or [])
+    m = EVALUATE.run(cfg, {"model": model, "in": in_dir, "out": out, "metrics": metrics})
     parts = [f"{m['n_clips']} {m['split']} clips ({m['space']})"]
     for key, label in (("fvd", "FVD"), ("kvd", "KVD"), ("psnr", "PSNR"), ("ssim", "SSIM"),
                        ("motion_accuracy", "motion-following")):
@@ -263,21 +210,17 @@ def fvd(
 @app.command("export")
 def export_(
     model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")]
-    = Path("models/diffusion"),
+    = EXPORT.path("model"),
     out: Annotated[Path, typer.Option("--out", help="Export folder (ONNX graphs + manifest.json), atomic.")]
-    = Path("models/export"),
+    = EXPORT.path("out"),
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Write the parity report here (DVC).")]
     = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Export a trained model to ONNX for serving, with a parity check against torch."""
-    from dvdm.config import section
-    from dvdm.export import export_model
-
-    cfg = section(_params_path(params), "export", list(set_ or []))
-    r = export_model(model, out, weights=cfg.weights, opset=cfg.opset, steps=cfg.steps, guidance=cfg.guidance,
-                     eta=cfg.eta, parity_steps=cfg.parity_steps, min_psnr=cfg.min_psnr, parity_json=metrics)
+    cfg = EXPORT.load_params(_params_path(params), set_ or [])
+    r = EXPORT.run(cfg, {"model": model, "out": out, "metrics": metrics})
     typer.echo(f"exported {r.manifest['space']['name']} model -> {out} ({len(r.files)} files) in {r.seconds:.0f}s; "
                f"end-to-end ONNX vs torch PSNR {r.parity['end_to_end']['psnr_db']:.1f} dB")
 
@@ -377,14 +320,9 @@ def pipeline(
     warmups = [lambda: __import__("flows.pipeline"), warm_tracking, lambda: __import__("dvc.repo"),
                lambda: __import__("torch")]
     with prefect_api(warmups):
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
         from flows.pipeline import pipeline as pipeline_flow
 
-        # the heartbeat thread puts a 1 s floor under every flow run and matters only to a remote worker's
-        # server-side crash detection; one local CLI call does not need it
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
+        r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
     for s in r["stages"]:
         state = "up to date, skipped" if s["skipped"] else f"ran in {s['seconds']}s"
         typer.echo(f"[{s['stage']:15s}] {state}")

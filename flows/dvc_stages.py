@@ -1,8 +1,9 @@
-"""The DVC side of a flow: which stages are up to date, running a stage's own command, recording the lock.
+"""The DVC side of a flow: a stage's declared outputs, which stages are up to date, recording the lock.
 
-A Prefect task runs a stage exactly as `dvc repro` would (the `cmd` of `dvc.yaml`, i.e. the `dvdm` CLI), but
-in-process, so a flow pays no interpreter + torch start-up per stage; afterwards `dvc commit` records the
-stage in `dvc.lock` and the cache, so a later `dvc repro` (or a rerun of the flow) skips it.
+A Prefect task runs a stage's function as `dvc repro` runs its `cmd` (the `dvdm` command calls the same
+function, see `dvdm.stages.registry`), but in-process, so a flow pays no interpreter + torch start-up per
+stage; afterwards `dvc commit` records the stage in `dvc.lock` and the cache, so a later `dvc repro` (or a
+rerun of the flow) skips it.
 
 DVC holds a repository lock and fails when two commands overlap, so every DVC call here goes through one
 process-wide lock plus an advisory file lock (`.dvc/tmp/dvdm-flow.lock`) that serialises flows in
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shlex
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +29,12 @@ _THREAD_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class Stage:
-    """One `dvc.yaml` stage: its command and declared outputs/metrics (paths relative to the project)."""
+    """One `dvc.yaml` stage: its declared outputs, metrics and params sections (paths relative to the project)."""
 
     name: str
-    cmd: str
     outs: tuple[str, ...]
     metrics: tuple[str, ...]
     params: tuple[str, ...]
-
-    def argv(self) -> list[str]:
-        """The `dvdm` arguments of the stage's command (the part after `dvdm`)."""
-        words = shlex.split(self.cmd)
-        if not words or words[0] != "dvdm":
-            raise ConfigError(f"dvc.yaml stage {self.name}: flows run `dvdm ...` commands, got {self.cmd!r}")
-        return words[1:]
 
 
 def _names(entries: list[Any]) -> tuple[str, ...]:
@@ -61,8 +53,7 @@ def read_stages(project: Path) -> dict[str, Stage]:
     doc = yaml.safe_load(path.read_text()) or {}
     stages = {}
     for name, body in (doc.get("stages") or {}).items():
-        stages[name] = Stage(name, body["cmd"], _names(body.get("outs")), _names(body.get("metrics")),
-                             _names(body.get("params")))
+        stages[name] = Stage(name, _names(body.get("outs")), _names(body.get("metrics")), _names(body.get("params")))
     return stages
 
 

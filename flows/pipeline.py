@@ -25,6 +25,8 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from dvdm.errors import ConfigError  # noqa: E402
+from dvdm.stages.registry import STAGES  # noqa: E402
 from flows import tracking_tasks  # noqa: E402
 from flows.dvc_stages import data_hash, read_stages  # noqa: E402
 from flows.stage_task import run_stage  # noqa: E402
@@ -65,6 +67,9 @@ def pipeline(project: str = ".", force: bool = False, register_model: bool = Tru
     unknown = [n for n in names if n not in all_stages]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {list(all_stages)}")
+    unregistered = [n for n in names if n not in STAGES]
+    if unregistered:  # found before anything runs, not after the stages before it
+        raise ConfigError(f"dvc.yaml stage(s) {unregistered} have no function in dvdm.stages.registry")
     key = f"pipeline-{flow_run.get_id() or 'local'}"
     parent = tracking_tasks.start_pipeline_run(str(root), key)
     results = []

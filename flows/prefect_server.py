@@ -162,20 +162,23 @@ def prefect_api(warmups: Sequence[Callable[[], object]] = ()) -> Iterator[str]:
     from flows.environment import configure
 
     configure()
-    configured = configured_api_url()
-    if configured:
-        yield configured
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    server = LocalPrefectServer().start()
-    try:
-        for warm in warmups:
-            if server.ready():
-                break
-            warm()
-        url = server.wait()
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield url
-    finally:
-        server.stop()
+    # the heartbeat thread puts a 1 s floor under every flow run and matters only to a remote worker's
+    # server-side crash detection; one local CLI call does not need it
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        configured = configured_api_url()
+        if configured:
+            yield configured
+            return
+        server = LocalPrefectServer().start()
+        try:
+            for warm in warmups:
+                if server.ready():
+                    break
+                warm()
+            url = server.wait()
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield url
+        finally:
+            server.stop()

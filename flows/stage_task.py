@@ -1,5 +1,6 @@
-"""One Prefect task that runs any `dvc.yaml` stage: skip when DVC finds it up to date, else run its
-command in-process, record it with `dvc commit`, and log it as an MLflow child run.
+"""One Prefect task that runs any `dvc.yaml` stage: skip when DVC finds it up to date, else run its stage
+function (looked up in `dvdm.stages.registry`, the one the stage's `dvdm` command calls) in-process, record it
+with `dvc commit`, and log it as an MLflow child run.
 
 The task takes and returns plain values (project path, stage name, run ids, metrics), never tensors.
 """
@@ -15,11 +16,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
+from dvdm.stages.registry import PARAMS_FILE, get_stage
 from flows.dvc_stages import Stage, commit_stage, read_stages, stage_up_to_date
 from flows.environment import working_directory
-
-
-RESUMABLE = ("train", "train-ae")  # commands with --resume (checkpoints every `checkpoint_every` steps)
 
 
 def read_stage_metrics(project: Path, stage: Stage) -> dict[str, float]:
@@ -40,13 +39,12 @@ def read_stage_metrics(project: Path, stage: Stage) -> dict[str, float]:
     return out
 
 
-def invoke_cli(argv: list[str]) -> None:
-    """Run `dvdm ARGV` in this process; a user error raises (so Prefect sees the failure and retries)."""
-    import typer
-
-    from dvdm.cli import app
-
-    typer.main.get_command(app).main(args=argv, prog_name="dvdm", standalone_mode=False)
+def call_stage(project: Path, stage_name: str, resume: bool = False) -> None:
+    """Run a stage's function as `dvc repro` runs its command: from the project root, with the project's params
+    file and the paths dvc.yaml declares. A failure raises (so Prefect sees it and retries)."""
+    stage = get_stage(stage_name)
+    with working_directory(project):
+        stage.run(stage.load_params(PARAMS_FILE), {key: stage.path(key) for key in stage.paths}, resume=resume)
 
 
 @task(name="stage", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE, task_run_name="{stage_name}")
@@ -59,14 +57,12 @@ def run_stage(project: str, stage_name: str, force: bool = False) -> dict[str, A
         logger.info("%s: up to date (dvc status), skipped", stage_name)
         return {"stage": stage_name, "skipped": True, "seconds": 0.0, "metrics": read_stage_metrics(root, stage),
                 "outs": list(stage.outs)}
-    argv = stage.argv()
-    if task_run.get_run_count() > 1 and argv[0] in RESUMABLE and "--resume" not in argv:
-        # a retry continues an interrupted training from its last checkpoint instead of starting over
-        argv.append("--resume")
+    # a retry continues an interrupted training from its last checkpoint instead of starting over
+    resume = task_run.get_run_count() > 1 and get_stage(stage_name).resumable
+    if resume:
         logger.info("%s: retry %d resumes from the last checkpoint", stage_name, task_run.get_run_count() - 1)
     started = time.perf_counter()
-    with working_directory(root):
-        invoke_cli(argv)
+    call_stage(root, stage_name, resume=resume)
     commit_stage(root, stage)
     seconds = time.perf_counter() - started
     logger.info("%s: done in %.1fs", stage_name, seconds)

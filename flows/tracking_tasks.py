@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dvdm.config import as_dict, section
+from dvdm.stages.registry import PARAMS_FILE
 from dvdm.tracking import registry, runs
 from dvdm.tracking.model_card import write_model_card
 from dvdm.tracking.promotion import Gate, promote
@@ -43,12 +44,12 @@ def client_for(project: str | Path):
 def project_section(project: str | Path, name: str) -> Any:
     """Section `name` of the project's params.yaml as its typed dataclass (defaults where the file or the
     section is absent)."""
-    path = Path(project) / "params.yaml"
+    path = Path(project) / PARAMS_FILE
     return section(path if path.is_file() else None, name)
 
 
 def project_params(project: str | Path) -> dict[str, Any]:
-    path = Path(project) / "params.yaml"
+    path = Path(project) / PARAMS_FILE
     return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
 
 

@@ -77,29 +77,26 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
     from flows.pipeline import pipeline
 
     calls: list[str] = []
-    real_invoke = stage_task.invoke_cli
+    resumed: dict[str, list[bool]] = {}
+    real_call = stage_task.call_stage
 
-    train_argvs: list[list[str]] = []
-
-    def flaky(argv):  # decompose fails on its first attempt; train crashes once after its checkpoint
-        calls.append(argv[0])
-        if argv[0] == "decompose" and calls.count("decompose") == 1:
+    def flaky(root, name, resume=False):  # decompose fails on its first attempt; train crashes after its checkpoint
+        calls.append(name)
+        resumed.setdefault(name, []).append(resume)
+        if name == "decompose" and calls.count("decompose") == 1:
             raise RuntimeError("injected fault")
-        if argv[0] == "train":
-            train_argvs.append(list(argv))
-            real_invoke(argv)
-            if len(train_argvs) == 1:
-                raise RuntimeError("injected crash after the checkpoint")
-            return None
-        return real_invoke(argv)
+        real_call(root, name, resume)
+        if name == "train-diffusion" and calls.count("train-diffusion") == 1:
+            raise RuntimeError("injected crash after the checkpoint")
 
-    monkeypatch.setattr(stage_task, "invoke_cli", flaky)
+    monkeypatch.setattr(stage_task, "call_stage", flaky)
     first = pipeline(project=str(project))
     assert [s["stage"] for s in first["stages"]] == ["ingest", "decompose", "train-ae", "train-diffusion",
                                                       "evaluate", "export"]
     assert not any(s["skipped"] for s in first["stages"])
     assert calls.count("decompose") == 2          # failed once, retried, succeeded
-    assert "--resume" not in train_argvs[0] and "--resume" in train_argvs[1]   # the retry resumed
+    assert resumed["train-diffusion"] == [False, True]   # the retry resumed from the checkpoint
+    assert resumed["decompose"] == [False, False]        # a stage without checkpoints simply reruns
     assert first["model_version"] == "1" and "champion" in first["aliases"] and "challenger" in first["aliases"]
     assert (project / "models" / "export" / "manifest.json").is_file()
 
@@ -152,23 +149,24 @@ def test_crash_resumes_at_the_failed_stage(project, monkeypatch):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["lr"] = 0.0003                 # invalidates train-diffusion and everything after it
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    real_invoke = stage_task.invoke_cli
+    real_call = stage_task.call_stage
     calls: list[str] = []
 
-    def broken(argv):
-        calls.append(argv[0])
-        if argv[0] == "evaluate":
+    def broken(root, name, resume=False):
+        calls.append(name)
+        if name == "evaluate":
             raise RuntimeError("injected crash")
-        return real_invoke(argv)
+        real_call(root, name, resume)
 
-    monkeypatch.setattr(stage_task, "invoke_cli", broken)
+    monkeypatch.setattr(stage_task, "call_stage", broken)
     with pytest.raises(Exception, match="injected crash"):
         pipeline(project=str(project), register_model=False)
     assert calls.count("evaluate") == 3             # 1 try + 2 retries
-    assert "train" in calls and "ingest" not in calls
+    assert "train-diffusion" in calls and "ingest" not in calls
 
     calls.clear()
-    monkeypatch.setattr(stage_task, "invoke_cli", lambda argv: (calls.append(argv[0]), real_invoke(argv))[1])
+    monkeypatch.setattr(stage_task, "call_stage",
+                        lambda root, name, resume=False: (calls.append(name), real_call(root, name, resume))[1])
     again = pipeline(project=str(project), register_model=False)
     assert calls == ["evaluate", "export"]          # finished stages are not redone
     assert [s["skipped"] for s in again["stages"]] == [True, True, True, True, False, False]

@@ -1,5 +1,6 @@
 """One function per pipeline stage: paths + params in, paths + metrics out.
 
-The CLI, `dvc.yaml` (through the CLI) and the Prefect flows all call these, so a stage behaves the same
-wherever it runs. Nothing here imports Prefect or MLflow.
+`registry.py` names them: for each `dvc.yaml` stage, its function, params section, paths and whether it
+can resume. The CLI commands, `dvc.yaml` (through the CLI) and the Prefect flows all run a stage through
+that entry, so a stage behaves the same wherever it runs. Nothing here imports Prefect or MLflow.
 """
