@@ -86,7 +86,7 @@ def _print_decompose_summary(stats: dict, out: Path) -> None:
         f"{c['mv_source']} vectors; mean |residual| {stats['residual']['mean_abs']:.3f}, "
         f"zero vectors {stats['motion_vectors']['zero_fraction']:.1%}, round trip max error "
         f"{stats['roundtrip_max_abs_error']}; diffusion target vs RGB: "
-        + ", ".join(f"{k} {v}x" for k, v in tgt["ratio_vs_rgb"].items() if k != "rgb"))
+        + ", ".join(f"{k} {v}x" for k, v in tgt["ratio_vs_rgb"].items()))
 
 
 @app.command()
@@ -150,7 +150,9 @@ def train(
     """Train the diffusion denoiser in one target space."""
     overrides = list(set_ or []) + ([f"space={space}"] if space else [])
     cfg = TRAIN_DIFFUSION.load_params(_params_path(params), overrides)
-    if cfg.space == "mvres" and autoencoder is None and Path("models/autoencoder").exists():
+    from dvdm.spaces import space_class
+
+    if space_class(cfg.space).needs_codec and autoencoder is None and Path("models/autoencoder").exists():
         autoencoder = Path("models/autoencoder")
     out = out or Path("models") / cfg.space
     m = TRAIN_DIFFUSION.run(cfg, {"in": in_dir, "autoencoder": autoencoder, "out": out}, resume=resume)

@@ -216,7 +216,8 @@ def test_config_json_round_trip_and_validation():
         tiny_config(cond_drop_prob=1.5)
     with pytest.raises(ValueError, match="missing required"):
         UNetConfig.from_dict({"out_channels": 3})
-    assert UNetConfig(in_channels=3, out_channels=3).grid_multiple == 4
+    assert UNetConfig(in_channels=3, out_channels=3, channel_mults=(1, 2, 4),
+                      spatial_attention=(False, False, True)).grid_multiple == 4
 
 
 def test_count_parameters():
@@ -244,7 +245,9 @@ def test_first_frame_encoder_grid(image, grid, strides):
 
 
 def test_first_frame_encoder_is_light():
-    cfg = UNetConfig(in_channels=7, out_channels=7)
+    # at the paper-like width (64 x (1, 2, 4)); the preset's smaller UNet keeps the same encoder
+    cfg = UNetConfig(in_channels=7, out_channels=7, base_channels=64, channel_mults=(1, 2, 4),
+                     spatial_attention=(False, False, True), attention_head_dim=32)
     model = UNet3D(cfg)
     assert count_parameters(model.image_encoder) < 0.01 * count_parameters(model)
 

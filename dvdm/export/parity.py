@@ -3,13 +3,12 @@
 - per graph: max |ONNX - torch| on random inputs, at two batch sizes (the exported one and another, so the
   dynamic batch axis is exercised), against a tolerance relative to the output's scale;
 - tokenizer: the `tokenizers` ids/masks serving computes equal transformers' for a set of prompts;
-- decode: the manifest's decode description reproduces the space's decode exactly (decode_spec.py);
-- end to end: the torch `VideoPipeline` and the ORT `serving.pipeline.OrtVideoPipeline` from the same first
-  frames, prompts and starting noise (torch's per-seed noise, injected into the ORT pipeline), PSNR of
-  the generated frames (target >= 40 dB).
+- end to end: the torch `VideoPipeline` and the ORT `dvdm.runtime.pipeline.OrtVideoPipeline` from the same
+  first frames, prompts and starting noise (torch's per-seed noise, injected into the ORT pipeline), PSNR
+  of the generated frames (target >= 40 dB).
 
-The end-to-end check imports `serving` (the torch-free consumer of the export) on purpose: it is the
-code that will serve the model, so it is the code that must match.
+The end-to-end check runs the runtime core's ORT pipeline on purpose: it is the code the service runs, so
+it is the code that must match.
 """
 
 from __future__ import annotations

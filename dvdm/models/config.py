@@ -44,17 +44,19 @@ class UNetConfig:
 
     in_channels: int
     out_channels: int
-    base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 4)
+    # the defaults are the default preset's `train.unet` (checked by a test); what the preset does not set
+    # (dropout, image encoder, text_dim) is defined only here
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
-    spatial_attention: tuple[bool, ...] = (False, False, True)
+    spatial_attention: tuple[bool, ...] = (False, True)
     temporal_attention: bool = True
     attention_heads: int = 4
-    attention_head_dim: int = 32
+    attention_head_dim: int = 16
     dropout: float = 0.0
     text_dim: int = 384
     cond_drop_prob: float = 0.1
-    text_whitening: bool = False
+    text_whitening: bool = True
     image_channels: int = 3
     image_feature_channels: int = 32
     image_encoder_base: int = 32

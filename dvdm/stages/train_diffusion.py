@@ -8,6 +8,7 @@ conditioned on the first frame and, when the data has captions, on the frozen Mi
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -26,10 +27,6 @@ from dvdm.pipeline import VideoPipeline, image_to_tensor
 from dvdm.spaces import TargetSpace, build_space, space_class
 from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
-
-DIFFUSION_DEFAULTS = {"schedule": "cosine", "num_timesteps": 1000, "prediction": "v", "loss_weighting": "none",
-                      "min_snr_gamma": 5.0}
-
 
 def encode_split(data: ShardedDataset, split: str, space: TargetSpace, limit: int = 0):
     """Raw targets, first frames and captions of a split (at most `limit` clips when > 0)."""
@@ -55,12 +52,14 @@ def motion_check(pipe: VideoPipeline, frames: list, params: TrainParams) -> floa
 
 
 def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
-    unknown = set(cfg) - set(DIFFUSION_DEFAULTS)
+    """The noise process of `train.diffusion` (what is not set takes `GaussianDiffusion.create`'s defaults)."""
+    known = [name for name in inspect.signature(GaussianDiffusion.create).parameters if name != "cls"]
+    unknown = set(cfg) - set(known)
     if unknown:
         raise ConfigError(f"train.diffusion: unknown setting(s) {', '.join(sorted(unknown))}; known: "
-                          f"{', '.join(DIFFUSION_DEFAULTS)}")
+                          f"{', '.join(known)}")
     try:
-        return GaussianDiffusion.create(**{**DIFFUSION_DEFAULTS, **cfg})
+        return GaussianDiffusion.create(**cfg)
     except ValueError as exc:
         raise ConfigError(f"train.diffusion: {exc}") from None
 
