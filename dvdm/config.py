@@ -61,7 +61,6 @@ class DecomposeParams:
     mv_source: str = "search"
     match: str = "yuv"
     differences: str = "first"
-    latent_channels: int = 5
     verify: bool = True
     compress: bool = True
 

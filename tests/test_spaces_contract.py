@@ -111,3 +111,12 @@ def test_export_refuses_a_codec_without_a_network():
     pipe = SimpleNamespace(space=space, model=SimpleNamespace(text_mlp=None))
     with pytest.raises(ExportError, match="no network to export"):
         _check_model(pipe, {}, Path("run"))
+
+
+def test_target_sizes_report_every_space_against_the_rgb_clip():
+    from dvdm.spaces import target_sizes
+
+    sizes = target_sizes(16, 128, 128, {"block": 16, "latent_channels": 5})
+    assert sizes["clip_values"] == 16 * 128 * 128 * 3 == 786_432
+    assert sizes["values"] == {"rgb": 737_280, "diff": 737_280, "mvres": 15 * 8 * 8 * 7}
+    assert sizes["ratio_vs_rgb"]["mvres"] == 117.03  # the README's "117x smaller" (the paper: 110x)

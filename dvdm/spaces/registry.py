@@ -40,6 +40,16 @@ def build_space(name: str, codec: Any = None, **settings: Any) -> Any:
     return space_class(name).from_settings(settings, codec)
 
 
+def target_sizes(frames: int, height: int, width: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Values each registered space generates per clip, and how many times smaller that is than the RGB
+    clip (all T frames, the paper's comparison). `settings` needs what the spaces' `target_elements` read
+    (block, latent_channels)."""
+    clip = frames * height * width * 3
+    sizes = {name: cls.target_elements(frames, height, width, settings) for name, cls in SPACES.items()}
+    return {"clip_values": clip, "values": sizes, "ratio_vs_rgb": {k: round(clip / v, 2) for k, v in sizes.items()},
+            **{k: settings[k] for k in ("block", "latent_channels") if k in settings}}
+
+
 def space_from_state(state: dict[str, Any], codec: Any = None) -> Any:
     """Inverse of `TargetSpace.state()`; `codec` supplies the trained residual codec where one is needed."""
     from dvdm.spaces.base import Normalizer

@@ -1,8 +1,8 @@
 """Stage `decompose`: ingested clips -> first frame + motion vectors + residuals (+ differences) + stats.
 
 Every clip's decomposition is checked to invert exactly (`verify`), so a bug in the codec can never
-silently corrupt training data. The stats JSON (a DVC metric) reports residual energy, the motion-vector
-histogram and the size of each space's diffusion target relative to RGB.
+silently corrupt training data. The stats JSON (a DVC metric) reports residual energy and the motion-vector
+histogram; the size of each space's diffusion target is train-ae's to report (it owns the latent channels).
 """
 
 from __future__ import annotations
@@ -28,27 +28,9 @@ def codec_config(params: DecomposeParams, height: int, width: int) -> DecomposeC
                            static_threshold=params.static_threshold, mv_source=params.mv_source, match=params.match)
 
 
-def target_sizes(frames: int, height: int, width: int, block: int, latent_channels: int) -> dict[str, Any]:
-    """Values the diffusion model generates per clip in each target space, and the RGB clip's size over it.
-
-    The reference is the whole RGB clip (T frames, the paper's comparison); every space generates T-1
-    frames of its target (ED-VDM: 2 motion + latent channels on the block grid).
-    """
-    from dvdm.spaces import SPACES
-
-    settings = {"block": block, "latent_channels": latent_channels}
-    clip = frames * height * width * 3
-    sizes = {name: cls.target_elements(frames, height, width, settings) for name, cls in SPACES.items()}
-    gh, gw = -(-height // block), -(-width // block)
-    return {"values": sizes, "clip_values": clip, "ratio_vs_rgb": {k: round(clip / v, 2) for k, v in sizes.items()},
-            "latent_channels": latent_channels, "block": block, "grid": [gh, gw]}
-
-
 def run_decompose(params: DecomposeParams, in_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     if params.differences not in ("first", "previous", "none"):
         raise ConfigError(f"decompose.differences must be first, previous or none, got {params.differences!r}")
-    if params.latent_channels < 1:
-        raise ConfigError(f"decompose.latent_channels must be >= 1, got {params.latent_channels}")
     data = ShardedDataset(Path(in_dir))
     if not data.records:
         raise DataError(f"{in_dir}: the dataset has no clips")
@@ -119,7 +101,7 @@ def run_decompose(params: DecomposeParams, in_dir: str | Path, out_dir: str | Pa
                 "mean_magnitude": float((hist * magnitudes).sum() / max(1, hist.sum())),
                 "histogram": {"range": [-r, r], "counts_dy_dx": hist.tolist()},
             },
-            "target": target_sizes(t, h, w, b, params.latent_channels),
+            "grid": [-(-h // b), -(-w // b)],
             "roundtrip_max_abs_error": worst_error if params.verify else None,
             "seconds": round(seconds, 3), "clips_per_second": round(n_clips / max(seconds, 1e-9), 2),
             "params": as_dict(params),
@@ -136,6 +118,5 @@ def headline_metrics(stats: dict[str, Any]) -> dict[str, Any]:
         "residual_zero_fraction": round(stats["residual"]["zero_fraction"], 5),
         "mv_zero_fraction": round(stats["motion_vectors"]["zero_fraction"], 5),
         "mv_mean_magnitude": round(stats["motion_vectors"]["mean_magnitude"], 5),
-        **{f"{name}_ratio_vs_rgb": ratio for name, ratio in stats["target"]["ratio_vs_rgb"].items()},
         "roundtrip_max_abs_error": stats["roundtrip_max_abs_error"],
     }
