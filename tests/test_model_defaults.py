@@ -29,3 +29,12 @@ def test_diffusion_defaults_are_the_preset():
     for key, value in PRESET["train"]["diffusion"].items():
         assert signature[key].default == value, f"train.diffusion.{key}: {signature[key].default!r} vs {value!r}"
     assert GaussianDiffusion.create().prediction == PRESET["train"]["diffusion"]["prediction"]
+
+
+def test_codec_search_defaults_are_the_preset():
+    from dvdm.codec.decompose import DecomposeConfig
+    from dvdm.codec.search import SearchConfig
+
+    for key in ("strategy", "static_threshold", "match"):
+        value = PRESET["decompose"][key]
+        assert getattr(SearchConfig(), key) == getattr(DecomposeConfig(), key) == value, key

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SERVING_MODULES = ("serving", "serving.errors",
                    # the runtime core the service runs models with
                    "dvdm.runtime.manifest", "dvdm.runtime.ddim", "dvdm.runtime.guidance", "dvdm.runtime.decode",
+                   "dvdm.runtime.normalize",
                    "dvdm.runtime.sessions", "dvdm.runtime.text", "dvdm.runtime.pipeline",
                    "serving.settings", "serving.model", "serving.app", "serving.server",
                    # what serving.app / serving.model import on first use (registry access, video encoding)

@@ -25,12 +25,12 @@ MV_SOURCES = ("search", "ffmpeg")
 class DecomposeConfig:
     """block/search/strategy/static_threshold/match: see `SearchConfig`. mv_source: "search" or "ffmpeg"."""
 
-    block: int = 16
-    search: int = 16
-    strategy: str = "fast"
-    static_threshold: float = 0.0
+    block: int = SearchConfig.block
+    search: int = SearchConfig.search
+    strategy: str = SearchConfig.strategy
+    static_threshold: float = SearchConfig.static_threshold
     mv_source: str = "search"
-    match: str = "luma"
+    match: str = SearchConfig.match
 
     def __post_init__(self) -> None:
         from dvdm.errors import ConfigError

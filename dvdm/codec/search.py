@@ -44,13 +44,17 @@ class SearchConfig:
     static_threshold: mean |difference| per pixel and plane at or below which a block keeps the zero vector
         without searching (0: only exact matches skip the search).
     match: the planes whose SAD is minimised: "luma" or "yuv" (luma + chroma).
+
+    These defaults are the codec's only ones (DecomposeConfig and the ED-VDM space take them from here) and
+    equal the default preset's `decompose` section; "luma" is what records written before `match` existed
+    mean, and their readers say so where they read them.
     """
 
     block: int = 16
     search: int = 16
     strategy: str = "fast"
     static_threshold: float = 0.0
-    match: str = "luma"
+    match: str = "yuv"
 
     def __post_init__(self) -> None:
         from dvdm.errors import ConfigError

@@ -32,6 +32,7 @@ from dvdm.runtime.decode import check_spec, decode_target
 from dvdm.runtime.errors import InvalidRequest, ManifestError
 from dvdm.runtime.guidance import check_guidance, guide
 from dvdm.runtime.manifest import load_manifest
+from dvdm.runtime.normalize import Normalizer
 from dvdm.runtime.sessions import ProviderChoice, choose_provider, create_session
 
 log = logging.getLogger("dvdm.runtime.pipeline")
@@ -53,9 +54,7 @@ class OrtVideoPipeline:
         self.frames, self.height, self.width = int(clip["frames"]), int(clip["height"]), int(clip["width"])
         self.target_shape = tuple(int(v) for v in manifest["target_shape"])
         norm = manifest["normalization"]
-        shape = (1, len(norm["mean"]), 1, 1, 1)
-        self._mean = np.asarray(norm["mean"], np.float64).astype(np.float32).reshape(shape)
-        self._std = np.asarray(norm["std"], np.float64).astype(np.float32).reshape(shape)
+        self.normalizer = Normalizer(norm["mean"], norm["std"])
         if len(norm["mean"]) != self.target_shape[0] or len(norm["std"]) != self.target_shape[0]:
             raise ManifestError(f"{export_dir}: normalization has {len(norm['mean'])} channels, the target "
                                 f"{self.target_shape[0]}")
@@ -227,12 +226,9 @@ class OrtVideoPipeline:
         session = self.sessions[self.decode_spec["residual"]["graph"]]
         return session.run(None, {session.get_inputs()[0].name: latent.astype(np.float32, copy=False)})[0]
 
-    def denormalize(self, targets: np.ndarray) -> np.ndarray:
-        return (targets.astype(np.float32, copy=False) * self._std + self._mean).astype(np.float32, copy=False)
-
     def decode(self, targets: np.ndarray, first_frames: np.ndarray) -> np.ndarray:
         """Normalised targets (B, ...) + uint8 first frames -> uint8 videos (B, T, H, W, 3)."""
-        raw = self.denormalize(targets)
+        raw = self.normalizer.denormalize(np.asarray(targets, np.float32))
         residual = self._residual_decoder if self.decode_spec["method"] == "motion_residual" else None
         return np.stack([decode_target(self.decode_spec, raw[i], first_frames[i], residual)
                          for i in range(len(first_frames))])

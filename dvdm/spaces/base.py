@@ -2,8 +2,8 @@
 
 A space maps a uint8 clip (T, H, W, 3) to a float32 *raw* target (C, T-1, h, w) for frames 1..T-1 and back,
 given the first frame. Diffusion runs on the *normalised* target `(raw - mean[c]) / std[c]`, with the
-statistics measured on the training set and saved with the model, so every space reaches the denoiser at
-about unit variance.
+statistics measured on the training set and saved with the model (`dvdm.runtime.normalize`, which the
+service applies too), so every space reaches the denoiser at about unit variance.
 
 A space owns its whole contract, so nothing outside `dvdm/spaces/` needs its name: how it is built from
 settings (`from_settings`) and from a saved model (`from_config`), whether it needs the trained residual
@@ -19,64 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from dvdm.runtime.decode import decode_target
-
-
-class Normalizer:
-    """Per-channel affine normalisation of (C, T, h, w) or (B, C, T, h, w) targets."""
-
-    def __init__(self, mean: list[float] | np.ndarray, std: list[float] | np.ndarray):
-        self.mean = np.asarray(mean, np.float64)
-        self.std = np.asarray(std, np.float64)
-        if self.mean.shape != self.std.shape or self.mean.ndim != 1:
-            raise ValueError("mean and std must be 1-D and of the same length")
-        if (self.std <= 0).any():
-            raise ValueError(f"std must be positive, got {self.std.tolist()}")
-
-    @classmethod
-    def identity(cls, channels: int) -> Normalizer:
-        return cls(np.zeros(channels), np.ones(channels))
-
-    @classmethod
-    def fit(cls, targets: list[np.ndarray] | np.ndarray, min_std: float = 1e-3) -> Normalizer:
-        """Mean and std per channel over a set of raw targets (each (C, T, h, w)), in float64."""
-        c = targets[0].shape[0]
-        total = np.zeros(c)
-        total_sq = np.zeros(c)
-        count = 0
-        for x in targets:
-            x = np.asarray(x, np.float64).reshape(c, -1)
-            total += x.sum(1)
-            total_sq += (x * x).sum(1)
-            count += x.shape[1]
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
-        return cls(mean, np.maximum(std, min_std))
-
-    def _shape(self, x: torch.Tensor | np.ndarray) -> tuple[int, ...]:
-        lead = 1 if x.ndim == 5 else 0
-        return (1,) * lead + (len(self.mean),) + (1,) * (x.ndim - 1 - lead)
-
-    def normalize(self, x):
-        shape = self._shape(x)
-        if isinstance(x, torch.Tensor):
-            m = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
-            s = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
-            return (x - m) / s
-        return ((x - self.mean.reshape(shape)) / self.std.reshape(shape)).astype(np.float32)
-
-    def denormalize(self, x):
-        shape = self._shape(x)
-        if isinstance(x, torch.Tensor):
-            m = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
-            s = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
-            return x * s + m
-        return (x * self.std.reshape(shape) + self.mean.reshape(shape)).astype(np.float32)
-
-    def state(self) -> dict[str, list[float]]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+from dvdm.runtime.normalize import Normalizer
 
 
 class TargetSpace(ABC):

@@ -22,6 +22,7 @@ import numpy as np
 from dvdm.codec.compensate import grid_shape
 from dvdm.codec.decompose import DecomposeConfig, decompose
 from dvdm.codec.quantize import DEFAULT_DEAD_ZONE, check_dead_zone
+from dvdm.codec.search import SearchConfig
 from dvdm.errors import ConfigError
 from dvdm.runtime.decode import RESIDUAL_GRAPH
 from dvdm.spaces.base import TargetSpace
@@ -73,8 +74,9 @@ class MVResSpace(TargetSpace):
     settings = ("block", "search", "strategy", "dead_zone", "match", "static_threshold")
     needs_codec = True
 
-    def __init__(self, codec: ResidualCodec, search: int | None = None, strategy: str = "fast",
-                 dead_zone: float = DEFAULT_DEAD_ZONE, match: str = "luma", static_threshold: float = 0.0):
+    def __init__(self, codec: ResidualCodec, search: int | None = None, strategy: str = SearchConfig.strategy,
+                 dead_zone: float = DEFAULT_DEAD_ZONE, match: str = SearchConfig.match,
+                 static_threshold: float = SearchConfig.static_threshold):
         super().__init__()
         self.codec = codec
         self.dead_zone = float(dead_zone)
