@@ -11,8 +11,6 @@ of ED-VDM (mvres) and of the pixel spaces.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +27,7 @@ from efficiency import UNET  # noqa: E402
 
 from dvdm.models import UNet3D, UNetConfig  # noqa: E402
 from dvdm.models.conv import Conv3d  # noqa: E402
-from dvdm.utils.atomic import write_json  # noqa: E402
+from bench_json import write_results  # noqa: E402
 
 # (label, channels, frames, grid): mvres at 128x128 or 64x64 (block 16 / 8: an 8x8 grid either way), and a
 # pixel space at 32x32, where PyTorch already picks oneDNN (the route must not cost anything there)
@@ -83,11 +81,7 @@ def main() -> int:
     print(f"denoiser forward at batch 1 (inference), medians of {args.repeats} alternating rounds of "
           f"{args.calls} calls, {torch.get_num_threads()} threads")
     if args.json:
-        write_json(args.json, {"benchmark": "conv_backend", "rows": rows,
-                               "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                                           "python": platform.python_version(), "torch": torch.__version__,
-                                           "load_average": os.getloadavg()[0]}})
-        print(f"wrote {args.json}")
+        write_results(args.json, "conv_backend", {"rows": rows}, threads=torch.get_num_threads(), torch=torch.__version__)
     return 0
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -164,12 +162,9 @@ def main() -> int:
               f"{r['residual_mean_abs_x264_mvs']:10.3f} {r['residual_mean_abs_zero_motion']:10.3f} "
               f"{str(r['exact_roundtrip']):>5s}")
     if args.json:
-        from dvdm.utils.atomic import write_json
+        from bench_json import write_results
 
-        write_json(args.json, {"benchmark": "decompose", "rows": rows, "repeats": args.repeats,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "av": av.__version__, "numpy": np.__version__}})
-        print(f"wrote {args.json}")
+        write_results(args.json, "decompose", {"rows": rows, "repeats": args.repeats}, av=av.__version__, numpy=np.__version__)
     return 0
 
 

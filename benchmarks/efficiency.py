@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -212,12 +211,9 @@ def main() -> int:
           f"sampling = {args.sample_steps} DDIM steps + decode; * = denoising extrapolated from "
           f"{args.probe_steps} timed steps)")
     if args.json:
-        from dvdm.utils.atomic import write_json
+        from bench_json import write_results
 
-        write_json(args.json, {"benchmark": "efficiency", "unet": UNET, "rows": rows,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "load_average": os.getloadavg()[0]}})
-        print(f"wrote {args.json}")
+        write_results(args.json, "efficiency", {"unet": UNET, "rows": rows})
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dvdm.pipeline import VideoPipeline  # noqa: E402
-from dvdm.utils.atomic import write_json  # noqa: E402
+from bench_json import write_results  # noqa: E402
 from dvdm.runtime.pipeline import OrtVideoPipeline  # noqa: E402
 
 
@@ -105,10 +104,7 @@ def main() -> int:
     print(f"(space {ort_pipe.manifest['space']['name']}, target {'x'.join(map(str, ort_pipe.target_shape))}, "
           f"batch 1, CPU; medians of {args.repeats} steps / {max(3, args.repeats // 5)} clips)")
     if args.json:
-        write_json(args.json, {"benchmark": "onnx_vs_torch", "rows": rows, "export": str(args.export),
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "onnxruntime": ort.__version__, "torch": torch.__version__}})
-        print(f"wrote {args.json}")
+        write_results(args.json, "onnx_vs_torch", {"rows": rows, "export": str(args.export)}, onnxruntime=ort.__version__, torch=torch.__version__)
     return 0
 
 

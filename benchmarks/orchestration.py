@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -124,15 +123,12 @@ def main() -> int:
           f"tracking, DVC and shutdown")
     if args.json:
         sys.path.insert(0, str(ROOT))
-        from dvdm.utils.atomic import write_json
+        from bench_json import write_results
 
-        write_json(args.json, {"benchmark": "orchestration", "direct_seconds": direct, "flow_seconds": flow,
+        write_results(args.json, "orchestration", {"direct_seconds": direct, "flow_seconds": flow,
                                "direct_stage_seconds": direct_stages, "flow_stage_seconds": flow_stages,
                                "overhead_seconds": overhead, "overhead_percent": 100 * overhead / d,
-                               "first_run_overhead_percent": 100 * (first - d) / d,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "load_average": os.getloadavg()[0]}})
-        print(f"wrote {args.json}")
+                               "first_run_overhead_percent": 100 * (first - d) / d})
     return 0
 
 

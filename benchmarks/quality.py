@@ -22,8 +22,6 @@ CPU, so the defaults (3 seeds x 300 steps at batch 4) keep the whole run near 20
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,7 +38,7 @@ from dvdm.stages.ingest import run_ingest  # noqa: E402
 from dvdm.stages.train_ae import run_train_ae  # noqa: E402
 from dvdm.spaces import SPACES, space_class  # noqa: E402
 from dvdm.stages.train_diffusion import run_train_diffusion  # noqa: E402
-from dvdm.utils.atomic import write_json  # noqa: E402
+from bench_json import write_results  # noqa: E402
 
 # the paper's claims, pairwise: D-VDM against the VDM baseline, ED-VDM against D-VDM
 CLAIMS = (("diff", "rgb"), ("mvres", "diff"))
@@ -164,12 +162,9 @@ def main() -> int:
           f"{args.frames}x{args.size}x{args.size}, {args.train_clips} training clips, {args.test_clips} held-out; "
           f"FVD on {args.frames}-frame clips; total {time.perf_counter() - started:.0f} s)")
     if args.json:
-        write_json(args.json, {"benchmark": "quality", "unet": UNET, "args": {k: (_shown(v) if isinstance(v, Path) else v)
+        write_results(args.json, "quality", {"unet": UNET, "args": {k: (_shown(v) if isinstance(v, Path) else v)
                                                                                for k, v in vars(args).items()},
-                               "rows": rows, "summary": summary, "verdicts": lines,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "load_average": os.getloadavg()[0]}})
-        print(f"wrote {args.json}")
+                               "rows": rows, "summary": summary, "verdicts": lines})
     return 0
 
 

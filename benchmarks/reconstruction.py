@@ -24,8 +24,6 @@ paper's reconstruction numbers are on BAIR).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,7 +43,7 @@ from dvdm.models import AutoencoderConfig, ResidualAutoencoder  # noqa: E402
 from dvdm.spaces.ae_codec import AutoencoderResidualCodec  # noqa: E402
 from dvdm.stages.train_ae import evaluate_roundtrip, load_autoencoder  # noqa: E402
 from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer  # noqa: E402
-from dvdm.utils.atomic import write_json  # noqa: E402
+from bench_json import write_results  # noqa: E402
 from dvdm.video.reader import read_video  # noqa: E402
 from dvdm.video.sampling import sample_indices  # noqa: E402
 from dvdm.video.transforms import resize  # noqa: E402
@@ -198,11 +196,9 @@ def main() -> int:
           f"autoencoder: {ae_info['source']}"
           + (f", {ae_info['train_steps']} steps in {ae_info['train_seconds']} s" if ae_info["train_steps"] else "") + ")")
     if args.json:  # PSNRs are capped (dvdm.metrics.psnr), so every value is valid JSON
-        write_json(args.json, {"benchmark": "reconstruction", "size": args.size, "block": block,
+        write_results(args.json, "reconstruction", {"size": args.size, "block": block,
                                "latent_channels": k, "autoencoder": ae_info, "paper_targets": target,
-                               "rows": rows,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}})
-        print(f"wrote {args.json}")
+                               "rows": rows})
     return 0
 
 

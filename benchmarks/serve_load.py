@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from dvdm.tracking import registry  # noqa: E402
 from dvdm.tracking.runs import start_run, end_run  # noqa: E402
 from dvdm.tracking.store import open_client  # noqa: E402
-from dvdm.utils.atomic import write_json  # noqa: E402
+from bench_json import write_results  # noqa: E402
 
 
 def free_port() -> int:
@@ -164,10 +163,8 @@ def main() -> int:
     print(f"(server RSS {rss_start:.0f} MB at start, {rss_end:.0f} MB at the end; version {v2} promoted during "
           f"concurrency 4; {args.steps} DDIM steps per request)")
     if args.json:
-        write_json(args.json, {"benchmark": "serve_load", "rows": rows, "rss_start_mb": rss_start,
-                               "rss_end_mb": rss_end, "steps": args.steps,
-                               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}})
-        print(f"wrote {args.json}")
+        write_results(args.json, "serve_load", {"rows": rows, "rss_start_mb": rss_start,
+                               "rss_end_mb": rss_end, "steps": args.steps})
     return 0
 
 

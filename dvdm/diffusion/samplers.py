@@ -19,7 +19,7 @@ import torch
 
 from dvdm.diffusion.gaussian import GaussianDiffusion, ModelFn
 from dvdm.diffusion.noise import Generators, randn
-from dvdm.runtime.ddim import ddim_coefficients, split_prediction
+from dvdm.runtime.ddim import check_eta, ddim_coefficients, split_prediction
 from dvdm.runtime.ddim import spaced_timesteps as runtime_spaced_timesteps
 
 Progress = Callable[[int, int], None]
@@ -106,10 +106,11 @@ class _Sampler:
                 progress(i, total)
         return x
 
-    @staticmethod
-    def _check(model_output: torch.Tensor, x_t: torch.Tensor) -> None:
+    def _begin_step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Check a step's inputs; its position in `timesteps` and t as a (B,) batch."""
         if model_output.shape != x_t.shape:
             raise ValueError(f"model output shape {tuple(model_output.shape)} != x_t shape {tuple(x_t.shape)}")
+        return self._index(t), torch.full((x_t.shape[0],), int(t), dtype=torch.long)
 
 
 class DDPMSampler(_Sampler):
@@ -124,11 +125,8 @@ class DDPMSampler(_Sampler):
         self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
         """x_{t_prev} ~ q(x_{t_prev} | x_t, x0_pred); `t` is an original-chain timestep from `timesteps`."""
-        self._check(model_output, x_t)
-        index = self._index(t)
-        t = int(t)
-        d = self.diffusion
-        x0 = self._clip(d.predict_x0(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long), model_output))
+        index, t_batch = self._begin_step(model_output, t, x_t)
+        x0 = self._clip(self.diffusion.predict_x0(x_t, t_batch, model_output))
         ab_t, ab_prev = self._alphas_cumprod(index)
         # Respacing: the shorter chain keeps alpha_bar at the visited steps, so its step is
         # alpha = alpha_bar[t] / alpha_bar[t_prev], beta = 1 - alpha. The ratio is taken directly (not as
@@ -154,20 +152,15 @@ class DDIMSampler(_Sampler):
     """
 
     def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0, clip_x0: float | None = None) -> None:
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {eta!r}")
-        self.eta = float(eta)
+        self.eta = check_eta(eta)
         super().__init__(diffusion, clip_x0)
 
     def step(
         self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
         """One DDIM update from original-chain timestep `t` to the next one in `timesteps`."""
-        self._check(model_output, x_t)
-        index = self._index(t)
-        t = int(t)
+        index, t_batch = self._begin_step(model_output, t, x_t)
         d = self.diffusion
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long)
         coefficients = d.coefficients(t_batch, x_t)
         x0, eps = split_prediction(d.prediction, x_t, model_output, coefficients)
         if self.clip_x0 is not None:
