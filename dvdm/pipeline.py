@@ -18,6 +18,7 @@ import torch
 from dvdm.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, batched_guidance
 from dvdm.errors import ConfigError
 from dvdm.models import UNet3D, UNetConfig
+from dvdm.runtime.image import IMAGE_DIVIDE, IMAGE_SUBTRACT
 from dvdm.spaces import TargetSpace, space_from_state
 from dvdm.spaces.ae_codec import autoencoder_codec
 from dvdm.train.checkpoint import load_checkpoint
@@ -28,7 +29,7 @@ SAMPLERS = ("ddim", "ddpm")
 
 def image_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / IMAGE_DIVIDE - IMAGE_SUBTRACT
 
 
 @dataclass

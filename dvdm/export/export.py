@@ -35,11 +35,11 @@ from dvdm.export.graphs import (
     ResidualDecoderGraph,
     export_graph,
 )
+from dvdm.runtime.image import IMAGE_DIVIDE, IMAGE_SUBTRACT
 from dvdm.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, file_entries, sha256_file
 from dvdm.utils.atomic import atomic_dir, write_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-IMAGE_DIVIDE, IMAGE_SUBTRACT = 127.5, 1.0   # dvdm.pipeline.image_to_tensor: x / 127.5 - 1
 
 
 @dataclass
