@@ -12,6 +12,7 @@ import inspect
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,43 +26,52 @@ from dvdm.errors import ConfigError, DataError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.pipeline import VideoPipeline, image_to_tensor
 from dvdm.spaces import TargetSpace, build_space, space_class
-from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
+from dvdm.train.trainer import JsonlMetrics, LossFn, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 
-def encode_split(data: ShardedDataset, split: str, space: TargetSpace, limit: int = 0):
+
+@dataclass
+class EncodedSplit:
+    """Clips of one split in the training space: raw (not yet normalised) targets, first frames, captions,
+    and the original frames (the ground truth shown beside progress samples)."""
+
+    raws: list[np.ndarray]
+    firsts: list[np.ndarray]
+    captions: list[str]
+    frames: list[np.ndarray]
+
+
+def encode_split(data: ShardedDataset, split: str, space: TargetSpace, limit: int = 0) -> EncodedSplit:
     """Raw targets, first frames and captions of a split (at most `limit` clips when > 0)."""
-    raws, firsts, captions, originals = [], [], [], []
+    encoded = EncodedSplit([], [], [], [])
     for record, arrays in data.iter_examples(split):
         frames = arrays["frames"]
-        raws.append(space.encode(frames))
-        firsts.append(frames[0])
-        captions.append(record["caption"])
-        originals.append(frames)
-        if limit and len(raws) >= limit:
+        encoded.raws.append(space.encode(frames))
+        encoded.firsts.append(frames[0])
+        encoded.captions.append(record["caption"])
+        encoded.frames.append(frames)
+        if limit and len(encoded.raws) >= limit:
             break
-    return raws, firsts, captions, originals
+    return encoded
 
 
-def motion_check(pipe: VideoPipeline, frames: list, params: TrainParams) -> float:
-    """Direction accuracy of a quick prompt swap (8 directions at the middle speed) on a few first frames."""
-    from dvdm.evaluate.prompt_swap import run_prompt_swap
+@dataclass
+class TrainingClips:
+    """Everything the stage reads from the ingested clips, encoded once before training."""
 
-    res = run_prompt_swap(lambda im, pr, se: pipe(im, pr, steps=params.sample_steps, guidance=params.guidance,
-                                                  seeds=se), frames, batch_size=8 * len(frames), speeds=[1])
-    return res["direction_accuracy"]
+    clip: tuple[int, int, int]          # frames, height, width (the first clip's; every clip has it)
+    train: EncodedSplit
+    held_out: EncodedSplit              # up to 4 val (else test) clips: progress samples and the validation loss
+    use_text: bool                      # train.text is on and the training clips carry captions
+    check_frames: list                  # first frames of the periodic prompt-swap check (empty: no check)
+    encode_seconds: float
 
 
-def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
-    """The noise process of `train.diffusion` (what is not set takes `GaussianDiffusion.create`'s defaults)."""
-    known = [name for name in inspect.signature(GaussianDiffusion.create).parameters if name != "cls"]
-    unknown = set(cfg) - set(known)
-    if unknown:
-        raise ConfigError(f"train.diffusion: unknown setting(s) {', '.join(sorted(unknown))}; known: "
-                          f"{', '.join(known)}")
-    try:
-        return GaussianDiffusion.create(**cfg)
-    except ValueError as exc:
-        raise ConfigError(f"train.diffusion: {exc}") from None
+def open_ingested(ingested_dir: str | Path) -> ShardedDataset:
+    data = ShardedDataset(Path(ingested_dir))
+    if not data.records:
+        raise DataError(f"{ingested_dir}: no clips")
+    return data
 
 
 def build_training_space(params: TrainParams, autoencoder_dir: str | Path | None
@@ -84,45 +94,55 @@ def build_training_space(params: TrainParams, autoencoder_dir: str | Path | None
     return space, as_dict(ae.config), {"autoencoder": ae.state_dict()}
 
 
-def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: str | Path,
-                        autoencoder_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    data = ShardedDataset(Path(ingested_dir))
-    if not data.records:
-        raise DataError(f"{ingested_dir}: no clips")
-    t, h, w = data.records[0]["frames"], data.records[0]["height"], data.records[0]["width"]
-    torch.manual_seed(params.seed)
-
-    space, ae_config, ae_weights = build_training_space(params, autoencoder_dir)
-
+def encode_training_clips(params: TrainParams, data: ShardedDataset, space: TargetSpace,
+                          ingested_dir: str | Path) -> TrainingClips:
+    """Encode the training split (and fit the space's normaliser on it) and a few held-out clips."""
+    first = data.records[0]
     started = time.perf_counter()
-    raws, firsts, captions, _ = encode_split(data, "train", space, params.max_clips)
-    if not raws:
+    train = encode_split(data, "train", space, params.max_clips)
+    if not train.raws:
         raise DataError(f"{ingested_dir}: no clips in the train split")
-    space.fit_normalizer(raws)
+    space.fit_normalizer(train.raws)
     eval_split = "val" if data.splits()["val"] else "test"
-    e_raws, e_firsts, e_captions, e_frames = encode_split(data, eval_split, space, 4)
+    held_out = encode_split(data, eval_split, space, 4)
     encode_seconds = time.perf_counter() - started
+    use_text = bool(params.text and any(c.strip() for c in train.captions))
+    check_frames = prompt_swap_check_frames(data, eval_split, params.check_clips) \
+        if use_text and params.check_clips else []
+    return TrainingClips((first["frames"], first["height"], first["width"]), train, held_out, use_text,
+                         check_frames, encode_seconds)
 
-    use_text = params.text and any(c.strip() for c in captions)
-    # a periodic prompt-swap check while training, when the held-out clips carry synthetic motion labels
-    check_frames = []
-    if use_text and params.check_clips:
-        from dvdm.evaluate.prompt_swap import held_out_first_frames
 
-        pairs = [(r, a["frames"]) for (r, a), _ in zip(data.iter_examples(eval_split), range(params.check_clips))]
-        check_frames = held_out_first_frames([r for r, _ in pairs], [c for _, c in pairs], params.check_clips)
-    text_encoder = None
+def prompt_swap_check_frames(data: ShardedDataset, split: str, limit: int) -> list:
+    """First frames for the periodic prompt-swap check: held-out clips that carry synthetic motion labels."""
+    from dvdm.evaluate.prompt_swap import held_out_first_frames
+
+    pairs = [(r, a["frames"]) for (r, a), _ in zip(data.iter_examples(split), range(limit))]
+    return held_out_first_frames([r for r, _ in pairs], [c for _, c in pairs], limit)
+
+
+def load_text_encoder():
+    """The frozen MiniLM sentence encoder (imported only when training with captions)."""
+    from dvdm.models import TextEncoder
+
+    return TextEncoder()
+
+
+def training_tensors(space: TargetSpace, train: EncodedSplit, text_encoder) -> dict[str, torch.Tensor]:
+    """The trainer's in-memory dataset: normalised targets, first frames and (with text) caption embeddings."""
     tensors: dict[str, torch.Tensor] = {
-        "x0": torch.from_numpy(np.stack([space.normalize(r) for r in raws])),
-        "first_frame": image_to_tensor(np.stack(firsts), torch.device("cpu")),
+        "x0": torch.from_numpy(np.stack([space.normalize(r) for r in train.raws])),
+        "first_frame": image_to_tensor(np.stack(train.firsts), torch.device("cpu")),
     }
-    if use_text:
-        from dvdm.models import TextEncoder
+    if text_encoder is not None:
+        tensors["text"] = text_encoder.encode(train.captions).float().cpu()
+    return tensors
 
-        text_encoder = TextEncoder()
-        tensors["text"] = text_encoder.encode(captions).float().cpu()
 
+def build_denoiser(params: TrainParams, space: TargetSpace, clip: tuple[int, int, int], text_encoder,
+                   text: torch.Tensor | None) -> tuple[UNet3D, UNetConfig]:
+    """The UNet of `train.unet` for the space's channels, its text whitening fitted on the training captions;
+    fails early when the space's grid cannot be halved at every level."""
     unet_cfg = {"in_channels": space.channels, "out_channels": space.channels,
                 "text_dim": text_encoder.dim if text_encoder else 0, **params.unet}
     try:
@@ -130,15 +150,32 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
         model = UNet3D(unet_config)
     except ValueError as exc:
         raise ConfigError(f"train.unet: {exc}") from None
-    if unet_config.text_whitening and "text" in tensors:
-        model.fit_text_whitening(tensors["text"])
+    if unet_config.text_whitening and text is not None:
+        model.fit_text_whitening(text)
+    _, h, w = clip
     grid = space.grid(h, w)
     levels = len(unet_config.channel_mults) - 1
     if grid[0] % 2 ** levels or grid[1] % 2 ** levels:
         raise ConfigError(f"train.unet: the {params.space} grid {grid[0]}x{grid[1]} is not divisible by "
                           f"2**{levels} (one halving per extra channel_mults level); use fewer levels")
-    diffusion = build_diffusion(params.diffusion)
+    return model, unet_config
 
+
+def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
+    """The noise process of `train.diffusion` (what is not set takes `GaussianDiffusion.create`'s defaults)."""
+    known = [name for name in inspect.signature(GaussianDiffusion.create).parameters if name != "cls"]
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise ConfigError(f"train.diffusion: unknown setting(s) {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(known)}")
+    try:
+        return GaussianDiffusion.create(**cfg)
+    except ValueError as exc:
+        raise ConfigError(f"train.diffusion: {exc}") from None
+
+
+def diffusion_loss(diffusion: GaussianDiffusion) -> LossFn:
+    """The trainer's loss: the diffusion loss of a batch, conditioned on its first frames (and text)."""
     def loss_fn(m, batch, gen):
         def model_fn(x, tt):
             return m(x, tt, batch["first_frame"], batch.get("text"))
@@ -146,58 +183,123 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
         out = diffusion.training_loss(model_fn, batch["x0"], generator=gen)
         return {"loss": out["loss"]}
 
-    def sample_fn(ema_model, step: int, folder: Path) -> list[Path]:
-        if not e_firsts:
+    return loss_fn
+
+
+@dataclass
+class ProgressSamples:
+    """The trainer's sample callback: ground truth | generated for two held-out clips (GIF + MP4) and, when
+    there are check frames, the prompt-swap direction accuracy, logged beside the loss curve."""
+
+    params: TrainParams
+    space: TargetSpace
+    diffusion: GaussianDiffusion
+    clips: TrainingClips
+    text_encoder: Any
+    metrics_path: Path
+
+    def __call__(self, ema_model: torch.nn.Module, step: int, folder: Path) -> list[Path]:
+        if not self.clips.held_out.firsts:
             return []
+        # sample on the device the trainer moved the EMA model to: the callback is built before the trainer
+        device = next(ema_model.parameters()).device
+        pipe = VideoPipeline(ema_model, self.space, self.diffusion, *self.clips.clip, self.text_encoder, device)
+        paths = self.write_grid(pipe, step, folder)
+        if self.clips.check_frames:
+            self.prompt_swap_check(pipe, step)
+        return paths
+
+    def write_grid(self, pipe: VideoPipeline, step: int, folder: Path) -> list[Path]:
         from dvdm.video import write_gif, write_mp4
 
-        pipe = VideoPipeline(ema_model, space, diffusion, t, h, w, text_encoder, trainer.device)
-        k = min(2, len(e_firsts))
-        videos = pipe(np.stack(e_firsts[:k]), e_captions[:k], steps=params.sample_steps, guidance=params.guidance,
-                      seeds=list(range(k)))
+        held_out, params = self.clips.held_out, self.params
+        k = min(2, len(held_out.firsts))
+        videos = pipe(np.stack(held_out.firsts[:k]), held_out.captions[:k], steps=params.sample_steps,
+                      guidance=params.guidance, seeds=list(range(k)))
         # rows: clips; each frame shows ground truth | generated
-        grid_v = np.concatenate([np.concatenate([e_frames[i], videos[i]], axis=2) for i in range(k)], axis=1)
+        grid_v = np.concatenate([np.concatenate([held_out.frames[i], videos[i]], axis=2) for i in range(k)], axis=1)
         folder.mkdir(parents=True, exist_ok=True)
         gif, mp4 = folder / f"step_{step:06d}.gif", folder / f"step_{step:06d}.mp4"
         write_gif(gif, grid_v, fps=8)
         write_mp4(mp4, grid_v, fps=8)
-        if check_frames:
-            accuracy = motion_check(pipe, check_frames, params)
-            with open(out_dir / "metrics.jsonl", "a") as fh:  # beside the loss curve: DVC plots + MLflow
-                fh.write(json.dumps({"step": step, "check_direction_accuracy": accuracy}) + "\n")
-            print(f"step {step}: prompt-swap check, direction accuracy {accuracy:.0%} "
-                  f"({len(check_frames)} held-out first frames x 8 directions)", file=sys.stderr, flush=True)
         return [gif, mp4]
 
-    cfg = TrainConfig.from_params(params)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    checkpoint_config = {
+    def prompt_swap_check(self, pipe: VideoPipeline, step: int) -> None:
+        check_frames = self.clips.check_frames
+        accuracy = motion_check(pipe, check_frames, self.params)
+        with open(self.metrics_path, "a") as fh:  # beside the loss curve: DVC plots + MLflow
+            fh.write(json.dumps({"step": step, "check_direction_accuracy": accuracy}) + "\n")
+        print(f"step {step}: prompt-swap check, direction accuracy {accuracy:.0%} "
+              f"({len(check_frames)} held-out first frames x 8 directions)", file=sys.stderr, flush=True)
+
+
+def motion_check(pipe: VideoPipeline, frames: list, params: TrainParams) -> float:
+    """Direction accuracy of a quick prompt swap (8 directions at the middle speed) on a few first frames."""
+    from dvdm.evaluate.prompt_swap import run_prompt_swap
+
+    res = run_prompt_swap(lambda im, pr, se: pipe(im, pr, steps=params.sample_steps, guidance=params.guidance,
+                                                  seeds=se), frames, batch_size=8 * len(frames), speeds=[1])
+    return res["direction_accuracy"]
+
+
+def checkpoint_config(params: TrainParams, space: TargetSpace, unet_config: UNetConfig,
+                      diffusion: GaussianDiffusion, clip: tuple[int, int, int], text_encoder,
+                      ae_config: dict[str, Any] | None) -> dict[str, Any]:
+    """What every checkpoint's config.json records to rebuild the pipeline (`VideoPipeline.from_checkpoint`)."""
+    t, h, w = clip
+    return {
         "space": space.state(), "unet": as_dict(unet_config), "diffusion": diffusion.config(),
         "clip": {"frames": t, "height": h, "width": w},
         "text": ({"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": text_encoder.dim,
                   "sha256": getattr(text_encoder, "sha256", None)} if text_encoder else None),
         "autoencoder": ae_config, "params": as_dict(params),
     }
-    trainer = Trainer(model, loss_fn, tensors, cfg, out_dir, kind="dvdm-diffusion",
-                      checkpoint_config=checkpoint_config, sample_fn=sample_fn,
-                      callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)], extra_weights=ae_weights)
+
+
+def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: str | Path,
+                        autoencoder_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    data = open_ingested(ingested_dir)
+    torch.manual_seed(params.seed)  # before anything is built: the autoencoder, text encoder and UNet draw from it
+    space, ae_config, ae_weights = build_training_space(params, autoencoder_dir)
+    clips = encode_training_clips(params, data, space, ingested_dir)
+    text_encoder = load_text_encoder() if clips.use_text else None
+    tensors = training_tensors(space, clips.train, text_encoder)
+    model, unet_config = build_denoiser(params, space, clips.clip, text_encoder, tensors.get("text"))
+    diffusion = build_diffusion(params.diffusion)
+
+    cfg = TrainConfig.from_params(params)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    if not resume:
+        metrics_path.unlink(missing_ok=True)
+    trainer = Trainer(model, diffusion_loss(diffusion), tensors, cfg, out_dir, kind="dvdm-diffusion",
+                      checkpoint_config=checkpoint_config(params, space, unet_config, diffusion, clips.clip,
+                                                          text_encoder, ae_config),
+                      sample_fn=ProgressSamples(params, space, diffusion, clips, text_encoder, metrics_path),
+                      callbacks=[JsonlMetrics(metrics_path, cfg.steps)], extra_weights=ae_weights)
     if resume and (out_dir / "checkpoint").exists():
         trainer.resume(out_dir / "checkpoint")
     started = time.perf_counter()
     path = trainer.fit()
     train_seconds = time.perf_counter() - started
-    metrics = {"space": params.space, "steps": trainer.step, "train_clips": len(raws),
-               "encode_seconds": round(encode_seconds, 2), "train_seconds": round(train_seconds, 2),
-               "target_shape": list(space.target_shape(t, h, w)),
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "val_loss": validation_loss(trainer.ema.model, diffusion, space, e_raws, e_firsts,
-                                           tensors.get("text") is not None and text_encoder, e_captions,
-                                           trainer.device)}
+
+    metrics = training_metrics(params, trainer, space, diffusion, clips, text_encoder, train_seconds)
     write_json(out_dir / "metrics.json", metrics)
     metrics["checkpoint"] = str(path)
     return metrics
+
+
+def training_metrics(params: TrainParams, trainer: Trainer, space: TargetSpace, diffusion: GaussianDiffusion,
+                     clips: TrainingClips, text_encoder, train_seconds: float) -> dict[str, Any]:
+    """metrics.json: sizes, timings and the EMA model's loss on the held-out clips."""
+    held_out = clips.held_out
+    return {"space": params.space, "steps": trainer.step, "train_clips": len(clips.train.raws),
+            "encode_seconds": round(clips.encode_seconds, 2), "train_seconds": round(train_seconds, 2),
+            "target_shape": list(space.target_shape(*clips.clip)),
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "val_loss": validation_loss(trainer.ema.model, diffusion, space, held_out.raws, held_out.firsts,
+                                        text_encoder, held_out.captions, trainer.device)}
 
 
 @torch.no_grad()
