@@ -1,11 +1,17 @@
 """Admission control for generations: a bounded number run, a bounded number wait, the rest is turned
-away at once (429) instead of queueing without limit."""
+away at once (429) instead of queueing without limit; a request whose client has gone gives its place
+back at once (`while_connected`) instead of holding it to the end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+
+from dvdm.runtime.errors import GenerationCancelled
 
 
 class Busy(Exception):
@@ -42,3 +48,33 @@ class Admission:
                 yield
             finally:
                 self.running -= 1
+
+
+@contextlib.asynccontextmanager
+async def while_connected(is_disconnected: Callable[[], Awaitable[bool]], poll: float) -> AsyncIterator[threading.Event]:
+    """Run the body only while the client is connected.
+
+    `is_disconnected` (Starlette's `request.is_disconnected`) is polled every `poll` s. Once the client is
+    gone, the yielded Event is set, for a worker thread to check between denoising steps (a thread cannot
+    be interrupted from outside), and the body's awaits are cancelled, so a wait for a slot ends at once;
+    a worker thread is still awaited, and stops at its next check. The body then ends with
+    GenerationCancelled, whichever of the two noticed first.
+    """
+    gone = threading.Event()
+    body_running = True
+    with anyio.CancelScope() as scope:
+        async def watch() -> None:
+            while not await is_disconnected():
+                await asyncio.sleep(poll)
+            if body_running:  # never cancel the request's task once the body is over
+                gone.set()
+                scope.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            yield gone
+        finally:
+            body_running = False
+            watcher.cancel()
+    if scope.cancelled_caught:
+        raise GenerationCancelled("the client disconnected before its generation finished")

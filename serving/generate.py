@@ -2,7 +2,8 @@
 
 Checks run cheapest first: the form fields, then that a model is loaded, then the steps against that
 model, then the image part's declared type and size, then admission (429 when full), and only then the
-(costly) image decode and the generation, both in worker threads.
+(costly) image decode and the generation, both in worker threads. A client that disconnects gives its
+queue place or slot back at once: the generation stops between two denoising steps.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from pydantic import BeforeValidator
 
-from serving.admission import Busy
+from dvdm.runtime.errors import GenerationCancelled
+from serving.admission import Busy, while_connected
 from serving.encode import MEDIA_TYPES, encode_video
 from serving.errors import InvalidRequest
 from serving.http_errors import ERROR_RESPONSES, http_error
@@ -29,6 +33,16 @@ log = logging.getLogger("serving.app")
 
 GENERATE_PATH = "/v1/generate"
 MAX_SEED = 2 ** 63
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client hung up; only the log sees it
+
+
+def null_means_default(value: object) -> object:
+    """The schema declares steps and guidance nullable (null: the model's default); a multipart field can
+    only say so as text, so an empty field or `null` means null, as leaving the field out does."""
+    return None if isinstance(value, str) and value.strip().lower() in ("", "null") else value
+
+
+NullMeansDefault = BeforeValidator(null_means_default)
 
 router = APIRouter()
 
@@ -80,9 +94,10 @@ async def generate(
     image: Annotated[UploadFile, File(description="the first frame (PNG, JPEG, WebP, GIF or BMP)")],
     prompt: Annotated[str, Form(description="what should move and how; empty: unconditioned (ignored by "
                                              "models without text)")] = "",
-    steps: Annotated[int | None, Form(description="DDIM steps (default: the model's)")] = None,
-    guidance: Annotated[float | None, Form(description="classifier-free guidance scale (default: the "
-                                                        "model's)")] = None,
+    steps: Annotated[int | None, Form(description="DDIM steps (null, empty or left out: the model's default)"),
+                     NullMeansDefault] = None,
+    guidance: Annotated[float | None, Form(description="classifier-free guidance scale (null, empty or left out: "
+                                                        "the model's default)"), NullMeansDefault] = None,
     seed: Annotated[int, Form(description="noise seed; the same seed gives the same video")] = 0,
     format: Annotated[Literal["mp4", "gif"], Form(description="mp4 (H.264) or gif")] = "mp4",
 ) -> Response:
@@ -93,27 +108,34 @@ async def generate(
     check_steps(steps, step_limit(settings, pipe))
     data = await read_image_part(image, settings)
 
-    def work(frame: np.ndarray) -> tuple[bytes, int]:
-        video = pipe.generate(frame, prompt, steps=steps, guidance=guidance, seed=seed)
+    def work(frame: np.ndarray, should_stop: Callable[[], bool]) -> tuple[bytes, int]:
+        video = pipe.generate(frame, prompt, steps=steps, guidance=guidance, seed=seed, should_stop=should_stop)
+        if should_stop():  # no one is left to send it to
+            raise GenerationCancelled("generation cancelled before encoding")
         return encode_video(video, format, settings.fps), int(video.shape[0])
 
     admission = request.app.state.admission
     try:
         async with admission.enter():
             try:
-                frame = await anyio.to_thread.run_sync(decode_image, data, settings.max_pixels)
+                frame = await anyio.to_thread.run_sync(decode_image, data, settings.max_pixels,
+                                                       settings.max_aspect_ratio)
             except BadUpload as exc:
                 raise http_error(exc.status, str(exc)) from None
             del data
-            async with admission.slot():
-                started = time.perf_counter()
-                try:
-                    body, frames = await anyio.to_thread.run_sync(work, frame)
-                except InvalidRequest as exc:
-                    raise http_error(422, str(exc)) from None
-                seconds = time.perf_counter() - started
+            async with while_connected(request.is_disconnected, settings.disconnect_poll) as gone:
+                async with admission.slot():
+                    started = time.perf_counter()
+                    try:
+                        body, frames = await anyio.to_thread.run_sync(work, frame, gone.is_set)
+                    except InvalidRequest as exc:
+                        raise http_error(422, str(exc)) from None
+                    seconds = time.perf_counter() - started
     except Busy as exc:
         raise http_error(429, str(exc), headers={"Retry-After": str(settings.retry_after)}) from None
+    except GenerationCancelled as exc:
+        log.info("serving: %s (%s, seed %d, model %s); its slot is free", exc, format, seed, model.label)
+        raise http_error(CLIENT_CLOSED_REQUEST, f"{exc}") from None
     used_steps = steps if steps is not None else int(pipe.defaults["steps"])
     used_guidance = guidance if guidance is not None else float(pipe.defaults["guidance"])
     log.info("serving: generated %d frames (%s, %d steps, seed %d) with model %s in %.2fs", frames, format,

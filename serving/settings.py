@@ -41,6 +41,11 @@ class ServeSettings:
     retry_after: int = 2                 # seconds, the Retry-After of a 429/503
     # --- output
     fps: float = 8.0
+    # --- the work an upload may cause after decoding (issue 13)
+    max_aspect_ratio: float = 16.0       # long side / short side of the uploaded image, checked before decoding:
+    #                                      scaling the short side up to the model's size makes the resized frame
+    #                                      this many times the model's area, whatever the pixel count
+    disconnect_poll: float = 0.1         # seconds between checks that a generating client is still connected
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +67,10 @@ class ServeSettings:
             problems.append(f"fps must be > 0, got {self.fps}")
         if self.provider not in ("auto", "cuda", "cpu"):
             problems.append(f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        if not (math.isfinite(self.max_aspect_ratio) and self.max_aspect_ratio >= 1):
+            problems.append(f"max_aspect_ratio must be a number >= 1, got {self.max_aspect_ratio}")
+        if not (math.isfinite(self.disconnect_poll) and self.disconnect_poll > 0):
+            problems.append(f"disconnect_poll must be a number > 0, got {self.disconnect_poll}")
         if problems:
             raise ValueError("invalid serve settings: " + "; ".join(problems))
 
@@ -76,6 +85,7 @@ class ServeSettings:
     def limits(self) -> dict[str, Any]:
         """The request limits, as /v1/model reports them to clients (and the web page)."""
         return {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+                "max_aspect_ratio": self.max_aspect_ratio,
                 "max_steps": self.max_steps, "max_prompt_chars": self.max_prompt_chars,
                 "guidance": [self.min_guidance, self.max_guidance], "formats": ["mp4", "gif"],
                 "max_concurrency": self.max_concurrency, "max_queue": self.max_queue}

@@ -1,6 +1,6 @@
 """The uploaded first frame: bytes -> uint8 RGB, decoded by Pillow from memory with a fixed set of
-decoders; the filename and declared content type are never trusted, and the pixel count is checked from
-the header before any pixel is decoded."""
+decoders; the filename and declared content type are never trusted, and the pixel count and aspect ratio
+are checked from the header before any pixel is decoded."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ class BadUpload(InvalidRequest):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = None) -> np.ndarray:
     """Upload bytes -> uint8 RGB (H, W, 3). BadUpload (-> 4xx) for anything that is not a supported
-    image, or one with more than `max_pixels` pixels (checked from the header, before decoding)."""
+    image, one with more than `max_pixels` pixels, or one whose long side is more than `max_aspect_ratio`
+    times its short side (both checked from the header, before decoding): the pixel count bounds the
+    decode, the aspect ratio the resize to the model's size, which scales the short side up."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
@@ -37,6 +39,12 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             if width * height > max_pixels:
                 raise BadUpload(f"the image is {width}x{height} = {width * height} pixels, more than the "
                                 f"limit of {max_pixels} pixels; scale it down", 413)
+            aspect = max(width, height) / min(width, height)
+            if max_aspect_ratio is not None and aspect > max_aspect_ratio:
+                ratio = f"{aspect:.1f}".removesuffix(".0")
+                raise BadUpload(f"the image is {width}x{height}, an aspect ratio of {ratio}:1 (long side / "
+                                f"short side), more than the limit of {max_aspect_ratio:g}:1; crop it closer to "
+                                f"square", 422)
             im.seek(0)  # animated GIF/WebP: the first frame
             im.load()
             rgb = ImageOps.exif_transpose(im).convert("RGB")

@@ -41,7 +41,12 @@ TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "spatial_attention": [
 
 def build_tiny_export(tmp_path_factory) -> Path:
     """A real export (rgb, 4x16x16, 10 timesteps, no text), built once per session and shared."""
-    root = tmp_path_factory.getbasetemp() / "serving-tiny-model"
+    return export_tiny_model(tmp_path_factory.getbasetemp() / "serving-tiny-model")
+
+
+def export_tiny_model(root: Path) -> Path:
+    """`root`/export: the tiny model above, trained and exported under `root` unless it is already there
+    (benchmarks/probe_service.py serves it too)."""
     export = root / "export"
     if (export / "manifest.json").is_file():
         return export

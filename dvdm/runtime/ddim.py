@@ -21,7 +21,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from dvdm.runtime.errors import InvalidRequest, ManifestError
+from dvdm.runtime.errors import GenerationCancelled, InvalidRequest, ManifestError
 
 PREDICTIONS = ("eps", "v", "x0")
 Array = TypeVar("Array")
@@ -145,15 +145,19 @@ class DDIM:
 
     def sample(self, model_fn: ModelFn, noise: np.ndarray, steps: int, eta: float = 0.0,
                rngs: Sequence[np.random.Generator] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int, int], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Run the chain from x_{T-1} = `noise` (B, ...) and return x0. `rngs` (one per sample) draw the
-        extra noise when eta > 0."""
+        extra noise when eta > 0. `should_stop` is asked before every step; when it says True the chain is
+        abandoned with GenerationCancelled (a step is the finest point where work can stop)."""
         eta = check_eta(eta)
         if eta > 0 and (rngs is None or len(rngs) != len(noise)):
             raise InvalidRequest("eta > 0 needs one random generator per sample")
         timesteps = spaced_timesteps(self.num_timesteps, steps)
         x = np.asarray(noise, np.float32)
         for i, t in enumerate(timesteps.tolist()):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled(f"generation cancelled after {i} of {len(timesteps)} steps")
             out = model_fn(x, t)
             if out.shape != x.shape:
                 raise RuntimeError(f"denoiser output {out.shape} != x_t {x.shape}")

@@ -25,3 +25,7 @@ class ProviderError(RuntimeCoreError):
 
 class InvalidRequest(RuntimeCoreError, ValueError):
     """A request the model cannot serve: wrong image shape/dtype, steps out of range, bad prompt, ..."""
+
+
+class GenerationCancelled(RuntimeCoreError):
+    """The caller's `should_stop` said stop (e.g. its HTTP client hung up): sampling ended between two steps."""

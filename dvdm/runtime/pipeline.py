@@ -126,14 +126,19 @@ class OrtVideoPipeline:
 
     # ------------------------------------------------------------------ inputs
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """Any uint8 (H, W, 3) image -> the model's size, as the CLI's `dvdm sample` does it."""
+        """Any uint8 (H, W, 3) image -> the model's size, as the CLI's `dvdm sample` does it. InvalidRequest
+        for an image more than `dvdm.video.transforms.MAX_ASPECT_RATIO` times as elongated as the model."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
             raise InvalidRequest(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         if image.shape[:2] == (self.height, self.width):
             return image
-        from dvdm.video.transforms import resize, resize_short_side_and_center_crop
+        from dvdm.video.transforms import check_aspect_ratio, resize, resize_short_side_and_center_crop
 
+        try:  # before any resize work: an absurd aspect ratio would make the resized frame gigabytes
+            check_aspect_ratio(*image.shape[:2], self.height, self.width)
+        except ValueError as exc:
+            raise InvalidRequest(f"image: {exc}") from None
         mode = self.image.get("resize_mode", "area")
         if self.image["resize"] == "short_side_center_crop":
             if self.height != self.width:
@@ -199,8 +204,10 @@ class OrtVideoPipeline:
     def sample_targets(self, first_frames: np.ndarray, prompts: Sequence[str] | None = None, *,
                        steps: int | None = None, guidance: float | None = None, eta: float | None = None,
                        seeds: Sequence[int] | None = None, noise: np.ndarray | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Normalised targets (B, *target_shape) for uint8 first frames (B, H, W, 3) at the model's size."""
+                       progress: Callable[[int, int], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """Normalised targets (B, *target_shape) for uint8 first frames (B, H, W, 3) at the model's size.
+        `should_stop` is asked before each denoising step; True ends the call with GenerationCancelled."""
         first_frames = self._check_frames(first_frames)
         b = len(first_frames)
         steps = int(self.defaults["steps"]) if steps is None else steps
@@ -219,7 +226,8 @@ class OrtVideoPipeline:
         text = self.encode_text(list(prompts) if prompts is not None else [""] * b)
         features = self.encode_image(first_frames)
         rngs = [np.random.default_rng([int(s), 1]) for s in seeds] if eta and eta > 0 else None
-        return self.ddim.sample(self._denoiser(features, text, guidance), noise, steps, eta, rngs, progress)
+        return self.ddim.sample(self._denoiser(features, text, guidance), noise, steps, eta, rngs, progress,
+                                should_stop)
 
     # ------------------------------------------------------------------ decoding
     def _residual_decoder(self, latent: np.ndarray) -> np.ndarray:
@@ -235,25 +243,27 @@ class OrtVideoPipeline:
 
     def __call__(self, first_frames: np.ndarray, prompts: Sequence[str] | None = None, *, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None, seeds: Sequence[int] | None = None,
-                 noise: np.ndarray | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                 noise: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """uint8 first frames (B, H, W, 3) at the model's size -> uint8 videos (B, T, H, W, 3)."""
         started = time.perf_counter()
         targets = self.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, eta=eta, seeds=seeds,
-                                      noise=noise, progress=progress)
+                                      noise=noise, progress=progress, should_stop=should_stop)
         videos = self.decode(targets, first_frames)
         self.last_seconds = time.perf_counter() - started
         return videos
 
     def generate(self, image: np.ndarray, prompt: str = "", *, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None, seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """One request: any-size uint8 image (H, W, 3) + prompt -> uint8 video (T, H, W, 3) at the model's
-        size (the image is resized/cropped as `preprocess` says)."""
+        size (the image is resized/cropped as `preprocess` says). `should_stop`: asked between denoising
+        steps; True abandons the request with GenerationCancelled (e.g. its client hung up)."""
         if not isinstance(prompt, str):
             raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 63:
             raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {seed!r}")
         frame = self.preprocess(image)
         return self(frame[None], [prompt], steps=steps, guidance=guidance, eta=eta, seeds=[int(seed)],
-                    progress=progress)[0]
+                    progress=progress, should_stop=should_stop)[0]

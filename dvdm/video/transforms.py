@@ -13,6 +13,12 @@ from PIL import Image
 
 _MODES = ("area", "bilinear", "nearest")
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+# How many times more elongated than its target a frame may be. The work of a resize grows with it, not with
+# the pixel count: scaling the short side of a 16000000x1 frame up to 64 would allocate ~183 GiB, and a
+# stretch that grows one side while shrinking the other makes Pillow write an intermediate that many times
+# larger than the input. 1000 only stops absurd inputs (a 7x5000 strip still resizes) and keeps the scaled
+# frame under 1000x the target's area: under 200 MB for a 256x256 target.
+MAX_ASPECT_RATIO = 1000.0
 
 
 def _as_clip(frames: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -27,13 +33,31 @@ def _as_clip(frames: np.ndarray) -> tuple[np.ndarray, bool]:
     raise ValueError(f"frames must be (T, H, W, 3) or (H, W, 3), got shape {frames.shape}")
 
 
-def resize(frames: np.ndarray, height: int, width: int, mode: str = "area") -> np.ndarray:
+def aspect_distortion(h: int, w: int, height: int, width: int) -> float:
+    """How many times more elongated an h x w frame is than a height x width target (1: the same shape)."""
+    ratio = (w * height) / (h * width)
+    return max(ratio, 1 / ratio)
+
+
+def check_aspect_ratio(h: int, w: int, height: int, width: int, limit: float = MAX_ASPECT_RATIO) -> None:
+    """ValueError, before any pixel is touched, when resizing an h x w frame to height x width would distort
+    it (stretch) or enlarge it (short side scaled) by more than `limit` times its target's aspect ratio."""
+    distortion = aspect_distortion(h, w, height, width)
+    if distortion > limit:
+        times = f"{distortion:.1f}".removesuffix(".0")
+        raise ValueError(f"a {h}x{w} (HxW) frame is {times} times as elongated as its {height}x{width} "
+                         f"target, more than the limit of {limit:g}; crop it closer to the target's shape first")
+
+
+def resize(frames: np.ndarray, height: int, width: int, mode: str = "area",
+           max_aspect_ratio: float = MAX_ASPECT_RATIO) -> np.ndarray:
     """Resize every frame to height x width.
 
     mode "area" (for shrinking; LFDM's choice): each output pixel is the area-weighted mean of the
     source pixels it covers, rounded once, as cv2.INTER_AREA. If either side grows it is bilinear,
     as cv2 also switches (a box would only repeat pixels). "bilinear" is Pillow's, which also
-    antialiases when shrinking; "nearest" picks pixels.
+    antialiases when shrinking; "nearest" picks pixels. A frame more than `max_aspect_ratio` times as
+    elongated as the target is refused (`check_aspect_ratio`).
     """
     if mode not in _MODES:
         raise ValueError(f"resize mode must be one of {_MODES}, got {mode!r}")
@@ -41,6 +65,7 @@ def resize(frames: np.ndarray, height: int, width: int, mode: str = "area") -> n
         raise ValueError(f"resize target must be at least 1x1, got height={height}, width={width}")
     clip, single = _as_clip(frames)
     h, w = clip.shape[1:3]
+    check_aspect_ratio(h, w, height, width, max_aspect_ratio)
     if (h, w) == (height, width):
         out = clip.copy()
     else:
@@ -110,16 +135,20 @@ def center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return crop(frames, (h - height) // 2, (w - width) // 2, height, width)
 
 
-def resize_short_side_and_center_crop(frames: np.ndarray, size: int, mode: str = "area") -> np.ndarray:
+def resize_short_side_and_center_crop(frames: np.ndarray, size: int, mode: str = "area",
+                                      max_aspect_ratio: float = MAX_ASPECT_RATIO) -> np.ndarray:
     """Scale so the shorter side is `size` (aspect kept), then centre-crop to size x size.
 
-    The usual way to make square training clips without distorting the content.
+    The usual way to make square training clips without distorting the content. The scaled frame is
+    `aspect ratio` times the crop's area, so a frame longer than `max_aspect_ratio` x its short side is
+    refused (ValueError) before anything is allocated.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     clip, _ = _as_clip(frames)
     h, w = clip.shape[1:3]
+    check_aspect_ratio(h, w, size, size, max_aspect_ratio)
     scale = size / min(h, w)
     # max(size, ...) guards the long side against rounding below `size` on extreme aspect ratios.
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    return center_crop(resize(frames, new_h, new_w, mode=mode), size, size)
+    return center_crop(resize(frames, new_h, new_w, mode=mode, max_aspect_ratio=max_aspect_ratio), size, size)
