@@ -403,18 +403,30 @@ def serve(
     model: Annotated[str, typer.Option("--model", help="models:/dvdm@champion (follows the alias), "
                                                        "models:/dvdm/N, or an export folder.")]
     = "models:/dvdm@champion",
-    host: Annotated[str, typer.Option("--host", help="Bind address (loopback by default: no authentication).")]
+    host: Annotated[str, typer.Option("--host", help="Bind address (loopback by default; any other needs an API "
+                                                     "key or --insecure-no-auth).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     provider: Annotated[Optional[str], typer.Option("--provider", help="auto, cuda or cpu (ONNX Runtime).")]
     = None,
     poll_interval: Annotated[Optional[float], typer.Option(
         "--poll-interval", help="Seconds between registry alias checks (hot swap on promotion).")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(
+        "--api-key-file", help="File holding the API key (one line): every route but /healthz, /readyz, the page "
+                               "and the docs then needs Authorization: Bearer <key>. Or DVDM_SERVE_API_KEY(_FILE); "
+                               "never the key itself on the command line.")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="Serve a non-loopback --host without an API key (a proxy in front "
+                                   "authenticates). Or DVDM_SERVE_ALLOW_NO_AUTH=1.")] = False,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", help="A Host name clients use besides loopback and the bound address (repeatable; '*': "
+                               "any). Or DVDM_SERVE_ALLOWED_HOSTS=a,b.")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Serve the model over HTTP (ONNX Runtime only): POST /v1/generate, /healthz, /readyz, /v1/model, a web page."""
     import os
 
+    from dvdm.errors import ConfigError
     from serving.server import serve as run_server
     from serving.settings import ServeSettings
 
@@ -423,7 +435,12 @@ def serve(
         from dvdm.tracking.store import project_work_dir, resolve_tracking_uri
 
         tracking = resolve_tracking_uri(work=project_work_dir(project))
-    settings = ServeSettings.from_env(tracking_uri=tracking, provider=provider, poll_interval=poll_interval)
+    try:
+        settings = ServeSettings.from_env(tracking_uri=tracking, provider=provider, poll_interval=poll_interval,
+                                          api_key_file=api_key_file, allow_no_auth=insecure_no_auth or None,
+                                          allowed_hosts=tuple(allowed_host) if allowed_host else None)
+    except ValueError as exc:  # a malformed DVDM_SERVE_* value or key file
+        raise ConfigError(str(exc)) from None
     run_server(model, host, port, settings=settings)
 
 

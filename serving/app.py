@@ -13,6 +13,10 @@ Routes
     GET  /              the web page (serving/static), GET /docs, /redoc and /openapi.json: the OpenAPI docs
                         (their assets served from /docs-assets, nothing from a CDN)
 
+Access (`serving.access`, checked first): the Host header must name this server, a browser's POST must come
+from this server's own page, and with `settings.api_key` every route but /healthz, /readyz, the page and the
+API docs needs `Authorization: Bearer <key>` (400 / 403 / 401 otherwise).
+
 Every client error is a 4xx with JSON `{"detail": "<what is wrong>"}` (`serving.http_errors`). The upload is
 checked by size (the request body is refused beyond the limit before it is read: `serving.request_guard`),
 decoded by Pillow from memory (`serving.upload`: the filename and declared content type are never trusted,
@@ -29,6 +33,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from serving import generate, model_routes
+from serving.access import AccessGuard, document_bearer_auth
 from serving.admission import Admission
 from serving.http_errors import add_error_handlers
 from serving.lifespan import model_lifespan
@@ -62,6 +67,10 @@ def create_app(model_ref: str | Path, *, settings: ServeSettings | None = None) 
     app.state.manager = manager
     app.state.admission = Admission(settings.max_concurrency, settings.max_queue)
     app.add_middleware(RequestGuard, max_body=settings.max_request_bytes, guarded_path=generate.GENERATE_PATH)
+    # added last = runs first: who may ask is settled before the upload checks look at the request
+    app.add_middleware(AccessGuard, api_key=settings.api_key, allowed_hosts=settings.allowed_hosts)
+    if settings.api_key is not None:
+        document_bearer_auth(app)
     add_error_handlers(app)
     app.include_router(model_routes.router)
     app.include_router(generate.router)

@@ -4,7 +4,9 @@ real server on a loopback port in a background thread (tests, benchmarks).
     from serving.server import serve
     serve("models:/dvdm@champion", host="127.0.0.1", port=8000)
 
-Loopback by default: the API has no authentication, so binding another interface is logged as a warning.
+Loopback by default. Serving another address needs an API key (`ServeSettings.api_key`): without one it is
+refused, unless the operator opts out (`allow_no_auth`, e.g. when a proxy in front authenticates); see
+`serving.access` for what the key protects.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dvdm.errors import ConfigError
 from serving.settings import DEFAULT_MODEL_REF, ServeSettings
 
 log = logging.getLogger("serving.server")
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # -> where a local client reaches them
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,6 +35,19 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_exposure(host: str, settings: ServeSettings) -> None:
+    """Refuse to serve a non-loopback address without an API key, unless the operator said so explicitly."""
+    if _is_loopback(host) or settings.api_key is not None:
+        return
+    if not settings.allow_no_auth:
+        raise ConfigError(f"refusing to serve on {host or 'all interfaces'} without an API key: anyone who reaches "
+                          f"it could use the service; give one with --api-key-file FILE (or "
+                          f"DVDM_SERVE_API_KEY_FILE / DVDM_SERVE_API_KEY), or opt out with --insecure-no-auth "
+                          f"(DVDM_SERVE_ALLOW_NO_AUTH=1) when a proxy in front authenticates")
+    log.warning("serving: listening on %s without an API key (--insecure-no-auth): whatever can reach it can use "
+                "it", host)
 
 
 def check_model_ref(model_ref: str | Path) -> None:
@@ -64,16 +81,22 @@ def _config(model: Any, host: str, port: int, settings: ServeSettings | None, lo
 
     if isinstance(model, (str, Path)):
         check_model_ref(model)
-        app = create_app(model, settings=settings or ServeSettings.from_env())
+        settings = settings or ServeSettings.from_env()
+        if host not in WILDCARD_HOSTS and not _is_loopback(host):  # the name it binds is one clients use
+            settings = settings.replace(allowed_hosts=(*settings.allowed_hosts, host))
+        check_exposure(host, settings)
+        app = create_app(model, settings=settings)
     else:  # an app made by create_app
         app = model
+        check_exposure(host, app.state.settings)
     # one worker process: the model lives in it; concurrency is the app's own slot/queue limit
     extra = {} if logging_config is None else {"log_config": logging_config}
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log, workers=1,
                             timeout_graceful_shutdown=30, server_header=False, **extra)
-    if not _is_loopback(host):
-        log.warning("serving: listening on %s, not loopback: the API has no authentication; put it behind a "
-                    "proxy that has", host)
+    access = app.state.settings
+    log.info("serving: %s; Host names accepted: %s", "API key required" if access.api_key else "no API key",
+             "any" if "*" in access.allowed_hosts else ", ".join(("loopback", "the bound address",
+                                                                  *access.allowed_hosts)))
     return config
 
 
@@ -115,7 +138,8 @@ def running_server(model: Any, *, settings: ServeSettings | None = None, host: s
 
     thread = threading.Thread(target=run, name=f"dvdm-serve-{bound}", daemon=True)
     thread.start()
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+    local = WILDCARD_HOSTS.get(host, host)
+    url = f"http://{'[' + local + ']' if ':' in local else local}:{bound}"
     try:
         deadline = time.monotonic() + ready_timeout
         while True:

@@ -11,9 +11,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "DVDM_SERVE_"
+API_KEY_FILE_VAR = ENV_PREFIX + "API_KEY_FILE"  # not a field: read into api_key by from_env
+MIN_API_KEY_CHARS = 16
 DEFAULT_MODEL_REF = "models:/dvdm@champion"
 
 
@@ -39,6 +42,11 @@ class ServeSettings:
     max_concurrency: int = 1             # generations running at once (each uses all of onnxruntime's threads)
     max_queue: int = 8                   # requests allowed to wait for a slot; beyond that: 429 + Retry-After
     retry_after: int = 2                 # seconds, the Retry-After of a 429/503
+    # --- access control (serving.access; README "Security model")
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # bearer token; DVDM_SERVE_API_KEY or
+    #                                      DVDM_SERVE_API_KEY_FILE (a file keeps it out of `ps` and the shell history)
+    allow_no_auth: bool = False          # serve a non-loopback address without a token (a proxy authenticates)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback and the bound address; "*": any
     # --- output
     fps: float = 8.0
     # --- the work an upload may cause after decoding (issue 13)
@@ -67,12 +75,37 @@ class ServeSettings:
             problems.append(f"fps must be > 0, got {self.fps}")
         if self.provider not in ("auto", "cuda", "cpu"):
             problems.append(f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        problems += self._check_access()
         if not (math.isfinite(self.max_aspect_ratio) and self.max_aspect_ratio >= 1):
             problems.append(f"max_aspect_ratio must be a number >= 1, got {self.max_aspect_ratio}")
         if not (math.isfinite(self.disconnect_poll) and self.disconnect_poll > 0):
             problems.append(f"disconnect_poll must be a number > 0, got {self.disconnect_poll}")
         if problems:
             raise ValueError("invalid serve settings: " + "; ".join(problems))
+
+    def _check_access(self) -> list[str]:
+        """The problems with the token's shape (never showing it) and with `allowed_hosts`, which it normalises
+        to bare lower-case names (a comma-separated string is accepted too)."""
+        from serving.access import ANY_HOST, host_name
+
+        problems = []
+        if self.api_key is not None and not (len(self.api_key) >= MIN_API_KEY_CHARS and self.api_key.isascii()
+                                             and self.api_key.isprintable() and " " not in self.api_key):
+            problems.append(f"api_key must be at least {MIN_API_KEY_CHARS} printable ASCII characters without "
+                            f"spaces (make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
+        entries = ([e for e in self.allowed_hosts.split(",") if e.strip()] if isinstance(self.allowed_hosts, str)
+                   else self.allowed_hosts)
+        hosts = []
+        for entry in (e.strip() for e in entries):
+            name = ANY_HOST if entry == ANY_HOST else host_name(entry)
+            with_port = "]:" in entry if entry.startswith("[") else entry.count(":") == 1
+            if name is None or with_port:  # the Host check ignores ports: a listed port would mislead
+                problems.append(f"allowed_hosts entries are host names or IP addresses without scheme or port, "
+                                f"got {entry[:100]!r}")
+            else:
+                hosts.append(name)
+        object.__setattr__(self, "allowed_hosts", tuple(hosts))
+        return problems
 
     @property
     def max_request_bytes(self) -> int:
@@ -100,11 +133,35 @@ class ServeSettings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw.strip() != "":
                 values[f.name] = _parse(f.name, str(f.type), raw.strip())
+        key_file = overrides.pop("api_key_file", None)
+        if key_file is not None and overrides.get("api_key") is not None:
+            raise ValueError("give the API key or a file holding it, not both")
+        if key_file is None and overrides.get("api_key") is None:  # explicit arguments win over the environment
+            key_file = env.get(API_KEY_FILE_VAR, "").strip() or None
+            if key_file is not None and "api_key" in values:
+                raise ValueError(f"set {ENV_PREFIX}API_KEY or {API_KEY_FILE_VAR}, not both")
+        if key_file is not None:
+            values["api_key"] = read_api_key_file(key_file)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown serve settings: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def read_api_key_file(path: str | os.PathLike[str]) -> str:
+    """The token in `path`: its one non-empty line, surrounding whitespace stripped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"API key file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"API key file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise ValueError(f"API key file {path}: expected the token alone on one line, found {len(lines)} "
+                         f"non-empty lines")
+    return lines[0]
 
 
 def _parse(name: str, kind: str, raw: str) -> Any:
@@ -116,6 +173,8 @@ def _parse(name: str, kind: str, raw: str) -> Any:
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if kind.startswith("tuple"):  # a comma-separated list
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
         if kind.startswith("int"):
             return int(raw)
         if kind.startswith("float"):

@@ -12,6 +12,40 @@
   let resultUrl = null;
   let previewUrl = null;
 
+  // The API key of a server that needs one: typed once, kept in this tab (sessionStorage: gone with the tab,
+  // never sent anywhere but this server), sent as a bearer token. A header, unlike a cookie, is not sent by
+  // forms on other sites.
+  const TOKEN_KEY = "dvdm-api-token";
+  let token = "";
+  try {
+    token = sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch (e) {
+    // storage disabled: the token lasts as long as the page
+  }
+
+  function saveToken(value) {
+    token = value;
+    try {
+      if (value) {
+        sessionStorage.setItem(TOKEN_KEY, value);
+      } else {
+        sessionStorage.removeItem(TOKEN_KEY);
+      }
+    } catch (e) {
+      // storage disabled: kept in memory only
+    }
+  }
+
+  function withToken(options) {
+    return token ? Object.assign({}, options, { headers: { Authorization: "Bearer " + token } }) : options;
+  }
+
+  function askForTokenIfNeeded(response) {
+    if (response.status === 401) {
+      $("token-form").hidden = false;
+    }
+  }
+
   function showError(message) {
     errorBox.textContent = message;
     errorBox.hidden = false;
@@ -56,8 +90,9 @@
 
   async function loadModel() {
     try {
-      const response = await fetch("/v1/model", { cache: "no-store" });
+      const response = await fetch("/v1/model", withToken({ cache: "no-store" }));
       if (!response.ok) {
+        askForTokenIfNeeded(response);
         $("model-status").textContent = await errorMessage(response);
         return;
       }
@@ -82,6 +117,14 @@
       $("model-status").textContent = "The server is not reachable: " + e;
     }
   }
+
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveToken($("token").value.trim());
+    $("token").value = "";
+    clearError();
+    loadModel();
+  });
 
   $("image").addEventListener("change", () => {
     const file = $("image").files[0];
@@ -123,8 +166,9 @@
     progress.textContent = "Generating\u2026";
     const started = performance.now();
     try {
-      const response = await fetch("/v1/generate", { method: "POST", body: data });
+      const response = await fetch("/v1/generate", withToken({ method: "POST", body: data }));
       if (!response.ok) {
+        askForTokenIfNeeded(response);
         showError(await errorMessage(response));
         return;
       }
