@@ -6,9 +6,11 @@ the multipart parser accepts what /openapi.json declares (`null` for the nullabl
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +219,17 @@ def test_a_queued_client_that_hangs_up_leaves_the_queue_at_once(tiny_export):
         assert results["a"].status_code == 200 and results["a"].headers["x-seed"] == "1"
         assert slow.calls == 10  # the first request's steps only: the one that hung up never ran
         assert admission.admitted == 0 and admission.running == 0
+
+
+# ------------------------------------------------------------------------------------------ the fuzzer
+def test_the_fuzzer_finds_no_500_and_no_response_outside_the_schema(tiny_export, tmp_path):
+    """benchmarks/probe_service.py's bounded schemathesis run ([dev] extra), against a loopback server only."""
+    pytest.importorskip("schemathesis", reason="pip install 'dvdm[dev]' (schemathesis)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from probe_service import probe_fuzzer
+
+    with running_server(create_app(tiny_export, settings=SETTINGS)) as url:
+        responses, acceptance = probe_fuzzer(url, examples=10, work=tmp_path)
+    assert responses["held"] and responses["cases"] > 20, responses
+    # schema-valid requests refused only for what the schema cannot state: not an image, a bound from the settings
+    assert set(acceptance["failing_statuses"]) <= {"415", "422"}, acceptance
