@@ -1,4 +1,5 @@
-"""FVD/KVD maths without the network: Frechet distance vs closed forms, KVD sanity, protocol, bad input."""
+"""FVD/KVD maths without the network: Frechet distance vs closed forms, KVD sanity, the TF1 resize, protocol,
+bad input."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from dvdm.errors import ClipTooShortError
 from dvdm.evaluate.errors import EvaluationError
 from dvdm.evaluate.fvd import (
+    RESIZE_METHODS,
     VideoFeatures,
     feature_stats,
     frechet_distance,
@@ -17,6 +20,9 @@ from dvdm.evaluate.fvd import (
     fvd_folders,
     fvd_from_features,
     kernel_distance,
+    preprocess,
+    resize_frames,
+    resize_tf1_bilinear,
     trace_sqrt_product,
 )
 from dvdm.evaluate.group_fvd import cfvd, group_fvd
@@ -89,8 +95,71 @@ def test_kvd_matches_the_unbiased_mmd_when_one_subset_covers_everything():
     assert kernel_distance(y, x, num_subsets=1) == pytest.approx(mmd, rel=1e-10)
 
 
-def feats(x: np.ndarray, size: str = "64x64") -> VideoFeatures:
-    return VideoFeatures(x, Counter({size: len(x)}), weights_sha256="test", frames=16)
+def feats(x: np.ndarray, size: str = "64x64", resize: str = "tf1") -> VideoFeatures:
+    return VideoFeatures(x, Counter({size: len(x)}), weights_sha256="test", frames=16, resize=resize)
+
+
+# -- the resize -----------------------------------------------------------------------------------------
+
+
+def test_tf1_resize_matches_values_derived_from_tensorflows_formula():
+    """Issue 13 (8b): TF1 `tf.image.resize_bilinear(images, size)` (align_corners=False,
+    half_pixel_centers=False), as the original FVD code calls it, derived by hand from TensorFlow's kernel
+    (resize_bilinear_op.cc: scale = in / out; source = i * scale; lower = floor, upper = min(ceil, in - 1),
+    lerp = source - lower; top = tl + (tr - tl) * xl, bottom = bl + (br - bl) * xl, out = top + (bottom - top)
+    * yl).
+
+    2x2 -> 3x3 of [[0, 100], [200, 50]]: scale = 2/3, so rows and columns sample 0, 2/3, 4/3:
+    index 0 -> pixel 0; index 1 -> 2/3 of the way from pixel 0 to 1; index 2 -> lower 1, upper min(2, 1) = 1,
+    i.e. pixel 1 (clamped: the image is anchored at its top-left corner).
+      row 0: 0, 0 + 100 * 2/3 = 66.667, 100
+      row 2 (source row 1): 200, 200 + (50 - 200) * 2/3 = 100, 50
+      row 1 (2/3 from row 0 to row 1): 0 + 200 * 2/3 = 133.333;
+             66.667 + (100 - 66.667) * 2/3 = 88.889;  100 + (50 - 100) * 2/3 = 66.667
+    The half-pixel convention (dvdm before issue 13, torch align_corners=False) samples -1/6 (clamped to 0),
+    1/2, 7/6 (clamped to 1) instead: row 0 reads 0, 50, 100.
+    """
+    image = torch.tensor([[0.0, 100.0], [200.0, 50.0]])[None, None]
+    tf1 = np.array([[0.0, 200 / 3, 100.0], [400 / 3, 800 / 9, 200 / 3], [200.0, 100.0, 50.0]])
+    np.testing.assert_allclose(resize_tf1_bilinear(image, (3, 3))[0, 0].numpy(), tf1, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(resize_frames(image, (3, 3), "tf1")[0, 0].numpy(), tf1, rtol=1e-6, atol=1e-5)
+    half_pixel = np.array([[0.0, 50.0, 100.0], [100.0, 87.5, 75.0], [200.0, 125.0, 50.0]])
+    np.testing.assert_allclose(resize_frames(image, (3, 3), "half_pixel")[0, 0].numpy(), half_pixel, atol=1e-5)
+    # downscaling samples without averaging: 4x4 -> 2x2 takes source pixels 0 and 2 of each axis
+    grid = torch.arange(16.0).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(resize_tf1_bilinear(grid, (2, 2))[0, 0].numpy(), [[0.0, 2.0], [8.0, 10.0]])
+
+
+def test_tf1_resize_of_a_ramp_at_the_fvd_size():
+    """64 -> 224 (BAIR to I3D): a horizontal ramp 0..63 comes out as its source coordinate, i * 64/224 = 2i/7,
+    until the clamp at 63 (from i = 221, source 63.14, both neighbours are pixel 63). Computed in float32."""
+    ramp = torch.arange(64, dtype=torch.float32).repeat(3, 64, 1)[None]  # (1, 3, 64, 64), value = column
+    out = resize_tf1_bilinear(ramp, (224, 224))
+    i = np.arange(224)
+    expected = np.minimum(i.astype(np.float32) * np.float32(64 / 224), 63.0)
+    np.testing.assert_allclose(out[0, 0, 0].numpy(), expected, atol=2e-5)
+    assert (out == out[..., :1, :]).all()  # every row alike: vertical sampling of a constant column
+    assert out[0, 0, 0, 221] == 63.0 and out[0, 0, 0, 220] == pytest.approx(440 / 7, abs=2e-5)
+    # the half-pixel resize samples (i + 0.5) * 64/224 - 0.5 instead: 0.36 source pixel to the left
+    assert resize_frames(ramp, (224, 224), "half_pixel")[0, 0, 0, 2].item() == pytest.approx(
+        (2 + 0.5) * 64 / 224 - 0.5, abs=1e-5)
+
+
+def test_preprocess_uses_the_tf1_resize_by_default_and_keeps_224_frames_as_they_are():
+    rng = np.random.default_rng(8)
+    clip = rng.integers(0, 256, (2, 64, 48, 3), dtype=np.uint8)
+    x = preprocess([clip])
+    assert x.shape == (1, 3, 2, 224, 224)
+    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(x[0].permute(1, 0, 2, 3), resize_tf1_bilinear(frames, (224, 224)) / 127.5 - 1.0)
+    half = preprocess([clip], resize="half_pixel")
+    assert (x - half).abs().max() > 0.05
+    exact = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    for resize in RESIZE_METHODS:
+        torch.testing.assert_close(preprocess([exact], resize=resize)[0].permute(1, 0, 2, 3),
+                                   torch.from_numpy(exact).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        preprocess([clip], resize="bicubic")
 
 
 def test_fvd_result_carries_its_protocol_and_notes():
@@ -103,8 +172,22 @@ def test_fvd_result_carries_its_protocol_and_notes():
     p = d["protocol"]
     assert p["size"] == [224, 224] and p["frames"] == 16 and p["weights_sha256"] == "test"
     assert p["real_sizes"] == {"64x64": 12} and p["fake_sizes"] == {"128x128": 10}
+    assert p["resize_method"] == "tf1" and "resize_bilinear" in p["resize"]
+    assert "half_pixel_centers=False" in p["resize"]
+    assert "ddof=1" in p["statistics"] and "N - 1" in p["statistics"]
     assert any("resized" in n for n in r.notes) and any("below the feature dimension" in n for n in r.notes)
+    assert not any("original TF1" in n for n in r.notes)
     assert fvd_from_features(real, real).fvd == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_resize_is_part_of_the_protocol():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    old = fvd_from_features(feats(x, resize="half_pixel"), feats(y, resize="half_pixel"), kvd_subsets=2)
+    assert old.protocol["resize_method"] == "half_pixel" and "half-pixel" in old.protocol["resize"]
+    assert any("not the original TF1 bilinear resize" in n for n in old.notes)
+    with pytest.raises(ValueError, match="extracted differently"):
+        fvd_from_features(feats(x), feats(y, resize="half_pixel"))
 
 
 def test_fvd_needs_two_clips_per_side():

@@ -60,6 +60,21 @@ def test_first_frame_fidelity_and_set_metrics(synthetic_clips):
         set_metrics([])
 
 
+def test_set_metrics_reports_the_published_ssim_and_records_its_protocol(synthetic_clips):
+    gen = [c.frames[:4] for c in synthetic_clips[:2]]
+    fake = [noisy(g, 10) for g in gen]
+    out = set_metrics(fake, gen)
+    published = np.mean([ssim_per_frame(f, g).mean() for f, g in zip(fake, gen)])
+    assert out["ssim"] == pytest.approx(published, abs=1e-12)
+    assert out["ssim_protocol"]["convention"] == "valid" and "skimage" in out["ssim_protocol"]["same_as"]
+    old = set_metrics(fake, gen, ssim_convention="padded")
+    assert old["ssim"] == pytest.approx(np.mean([ssim_per_frame(f, g, convention="padded").mean()
+                                                 for f, g in zip(fake, gen)]), abs=1e-12)
+    assert old["ssim_protocol"]["convention"] == "padded" and old["psnr"] == out["psnr"]
+    assert abs(old["ssim"] - out["ssim"]) > 1e-4
+    assert "ssim_protocol" not in set_metrics(fake)  # no SSIM without references, so no protocol
+
+
 def test_warping_error_is_low_for_true_motion_and_high_for_broken_motion(synthetic_clips):
     clips = [c.frames for c in synthetic_clips[:6]]
     rng = np.random.default_rng(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import av
@@ -51,6 +52,38 @@ def truncate(src: Path, dst: Path, fraction: float) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+def overstate_avi_frame_count(src: Path, dst: Path, extra: int = 1) -> int:
+    """Copy an AVI with `extra` frames added to the counts in its header, as some writers leave them.
+
+    RIFF AVI (Microsoft's AVIMAINHEADER / AVISTREAMHEADER): the `avih` chunk's data holds
+    dwMicroSecPerFrame, dwMaxBytesPerSec, dwPaddingGranularity, dwFlags, dwTotalFrames (bytes 16-19), and
+    the video stream's `strh` holds fccType 'vids', fccHandler, dwFlags, wPriority, wLanguage,
+    dwInitialFrames, dwScale, dwRate, dwStart, dwLength (bytes 32-35); each chunk's data starts 8 bytes
+    after its tag (tag + 32-bit size). FFmpeg reports dwLength as the stream's frame count. The stream
+    itself (the `movi` chunks and the `idx1` index) is untouched. Returns the new count.
+    """
+    data = bytearray(src.read_bytes())
+    avih, strh = data.index(b"avih") + 8, data.index(b"strh") + 8
+    assert data[strh:strh + 4] == b"vids"
+    total, length = struct.unpack_from("<I", data, avih + 16)[0], struct.unpack_from("<I", data, strh + 32)[0]
+    assert total == length > 0
+    struct.pack_into("<I", data, avih + 16, total + extra)
+    struct.pack_into("<I", data, strh + 32, length + extra)
+    dst.write_bytes(bytes(data))
+    return total + extra
+
+
+def avi_chunks(data: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of each chunk inside an AVI's `movi` list (frames are '00dc' chunks)."""
+    movi = data.index(b"movi")  # LIST, its size (counted from 'movi' on), 'movi', then the chunks
+    end, pos, chunks = movi + struct.unpack_from("<I", data, movi - 4)[0], movi + 4, []
+    while pos + 8 <= end:
+        size = struct.unpack_from("<I", data, pos + 4)[0]
+        chunks.append((pos, size))
+        pos += 8 + size + (size & 1)
+    return chunks
 
 
 def assert_video_error(path, match: str, **kwargs) -> VideoError:
@@ -322,6 +355,41 @@ def test_truncated_faststart_mp4(tmp_path):
     assert_video_error(truncate(path, tmp_path / "half.mp4", 0.5), "truncated or corrupt")
 
 
+def test_avi_header_one_frame_over_a_whole_stream_is_read(tmp_path):
+    """Issue 13 (5): an AVI whose header counts one frame more than its stream holds (what a writer that
+    counts a dropped frame leaves, and every player plays) is read, with the frames its stream holds.
+    Before the fix: "decoded 20 of the 21 frames in its header"."""
+    clip = smooth_clip(t=20)
+    path = tmp_path / "whole.avi"
+    write_with_pyav(path, clip, "mpeg4")
+    over = tmp_path / "header_plus_one.avi"
+    assert overstate_avi_frame_count(path, over) == 21
+    assert probe_video(over).frames == 21  # the header's claim: probing decodes nothing
+    video = read_video(over)
+    np.testing.assert_array_equal(video.frames, read_video(path).frames)
+    assert video.info.frames == 20  # what the stream holds
+    # more than one frame over is not a miscount the reader excuses
+    overstate_avi_frame_count(path, tmp_path / "plus_two.avi", extra=2)
+    assert_video_error(tmp_path / "plus_two.avi", "decoded 20 of the 22 frames in its header")
+
+
+def test_truncated_avi_missing_only_its_last_frame_is_still_refused(tmp_path):
+    """Truncation that costs one frame is not mistaken for an off-by-one header: cut at a chunk boundary,
+    the file has lost its idx1 index (written after the last frame), so the packets read outnumber the
+    index; cut inside the last frame, the demuxer flags that packet as cut short."""
+    path = tmp_path / "whole.avi"
+    write_with_pyav(path, smooth_clip(t=20), "mpeg4")
+    data = path.read_bytes()
+    last, size = avi_chunks(data)[-1]
+    at_boundary = tmp_path / "cut_at_chunk.avi"
+    at_boundary.write_bytes(data[:last])
+    assert_video_error(at_boundary, "decoded 19 of the 20 frames in its header; 19 packets read")
+    inside = tmp_path / "cut_in_last_frame.avi"
+    inside.write_bytes(data[:last + 8 + size // 2])
+    assert_video_error(inside, "the stream ends in a packet cut short")
+    assert read_video(inside, max_frames=5).frames.shape[0] == 5  # the intact beginning is still readable
+
+
 # ------------------------------------------------------------------------------------------- real clips
 
 
@@ -352,6 +420,16 @@ def test_real_ucf_avi_and_its_truncation(real_data, tmp_path):
     cut = truncate(real_data / "ucf101_probable" / "test.avi", tmp_path / "half.avi", 0.5)
     assert_video_error(cut, "decoded 77 of the 164 frames in its header")
     assert read_video(cut, max_frames=5).frames.shape[0] == 5  # the intact beginning is still readable
+
+
+@pytest.mark.real
+def test_real_ucf_avi_with_a_header_one_frame_over(real_data, tmp_path):
+    src = real_data / "ucf101_probable" / "test.avi"
+    over = tmp_path / "plus_one.avi"
+    assert overstate_avi_frame_count(src, over) == 165
+    video = read_video(over)
+    assert video.frames.shape == (164, 240, 320, 3) and video.info.frames == 164
+    np.testing.assert_array_equal(video.frames[-1], read_video(src).frames[-1])
 
 
 @pytest.mark.real

@@ -54,7 +54,7 @@ from torch import nn
 
 from dvdm.errors import ConfigError
 from dvdm.metrics.psnr import PEAK
-from dvdm.metrics.ssim import ssim
+from dvdm.metrics.ssim import PADDED, ssim
 
 
 class AutoencoderConfigError(ConfigError, ValueError):
@@ -329,7 +329,8 @@ class ResidualAutoencoder(nn.Module):
         err = y - x
         l1 = err.abs().mean()
         mse = err.pow(2).mean()
-        sim = ssim(y, x, data_range=PEAK / s)  # the reported SSIM's window, so the loss optimises that number
+        # the convention the autoencoder was trained with: the padded map lets border pixels count like the rest
+        sim = ssim(y, x, data_range=PEAK / s, convention=PADDED)
         total = l1 + self.config.mse_weight * mse + self.config.ssim_weight * (1.0 - sim)
         if self.config.kl:
             total = total + self.config.kl_weight * kl_term

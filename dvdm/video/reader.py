@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def read_video(path: str | os.PathLike[str], *, max_frames: int | None = None, s
     `path` is a video file (see SUPPORTED_VIDEO_EXTENSIONS) or a folder of images in natural order.
     `fps` is the frame rate to report for frame folders; video files report their own and ignore it.
     A file that decodes fewer frames than its header (or duration) promises is reported as truncated
-    rather than returned short. Raises VideoError, or ClipTooShortError when `start` is past the end.
+    rather than returned short; a header that overstates by one frame a stream that is whole and decodes
+    cleanly (an AVI that counts a dropped frame) is not truncation, and the frames decoded are returned
+    (see `_check_complete`). Raises VideoError, or ClipTooShortError when `start` is past the end.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
@@ -199,7 +202,8 @@ def _read_container(p: Path, name: str, *, max_frames: int | None, start: int) -
         with av.open(str(p)) as container:
             stream = _video_stream(container, name)
             stream.thread_type = "AUTO"  # frame + slice threads: much faster on HD, same frames
-            for frame in container.decode(stream):
+            log = _StreamLog(indexed=len(stream.index_entries))
+            for frame in _decode(container, stream, log):
                 if frame.time is not None:
                     step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
                     last_end = frame.time + step
@@ -219,7 +223,7 @@ def _read_container(p: Path, name: str, *, max_frames: int | None, start: int) -
                 if info.frames <= 0:
                     info = dataclasses.replace(info, frames=probe_video(p).frames)
             else:
-                _check_complete(container, stream, name, decoded, last_end)
+                _check_complete(container, stream, name, decoded, last_end, log)
                 info = _container_info(container, stream, name, p, count_packets=False, frames=decoded)
     except _AV_ERRORS as exc:
         raise _unreadable(name, exc, f"after {decoded} frames: " if decoded else "") from None
@@ -230,14 +234,86 @@ def _read_container(p: Path, name: str, *, max_frames: int | None, start: int) -
     return Video(frames=np.stack(out), info=info)
 
 
+@dataclass
+class _StreamLog:
+    """What reading a stream packet by packet showed, beside the frames themselves.
+
+    `indexed`: entries in the container's index when the file was opened (AVI's idx1 / OpenDML indexes,
+    MP4's sample table; a file cut short has lost its trailing idx1, so FFmpeg starts it with the packets
+    it met while probing). `packets`: non-empty packets demuxed. FFmpeg flags a packet whose bytes stop
+    before its declared size (AV_PKT_FLAG_CORRUPT, what a file cut mid-packet ends in) and a frame the
+    decoder rebuilt from damaged data (AV_FRAME_FLAG_CORRUPT).
+    """
+
+    indexed: int
+    packets: int = 0
+    damaged_packets: int = 0
+    damaged_frames: int = 0
+    ends_cut: bool = False  # the last non-empty packet was flagged corrupt
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.damaged_packets or self.damaged_frames)
+
+    def describe_damage(self) -> str:
+        return " and ".join(f"{n} damaged {what}{'' if n == 1 else 's'}" for n, what in
+                            ((self.damaged_packets, "packet"), (self.damaged_frames, "frame")) if n)
+
+
+def _decode(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+            log: _StreamLog) -> Iterator[av.VideoFrame]:
+    """`container.decode(stream)` packet by packet, counting packets and their flags into `log`.
+
+    PyAV's demux ends with an empty packet that flushes the decoder, so every buffered frame comes out.
+    """
+    for packet in container.demux(stream):
+        if packet.size:
+            log.packets += 1
+            log.ends_cut = bool(packet.is_corrupt)
+            log.damaged_packets += log.ends_cut
+        for frame in packet.decode():
+            log.damaged_frames += bool(frame.is_corrupt)
+            yield frame
+
+
+# How many frames a header's frame count may exceed what its stream holds. AVI writers may count in
+# dwTotalFrames / dwLength a dropped-frame chunk (a 0-byte '00dc' entry, which FFmpeg neither indexes nor
+# returns) or a frame the encoder never emitted; every player plays such a file, and `ffprobe -count_frames`
+# reports one frame fewer than nb_frames. Allowed only when the stream is whole by its own account (below).
+HEADER_FRAME_SLACK = 1
+
+
 def _check_complete(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                    name: str, decoded: int, last_end: float | None) -> None:
-    """FFmpeg stops quietly at the end of a truncated AVI/MKV; compare with what the header promised."""
+                    name: str, decoded: int, last_end: float | None, log: _StreamLog) -> None:
+    """FFmpeg stops quietly at the end of a truncated AVI/MKV: compare with what the file promised.
+
+    - With a frame count in the header (AVI, MP4), fewer frames is truncation unless the stream is whole by
+      its own account and the header only miscounts: the shortfall is at most HEADER_FRAME_SLACK frames,
+      nothing was flagged damaged, and the container's index lists exactly the packets that were read (a
+      truncated AVI has lost the index written after its last frame; a truncated MP4 has fewer packets than
+      its sample table). FFmpeg itself plays the packets it finds and treats nb_frames as a hint.
+    - A stream that ends in a packet cut short (flagged corrupt by the demuxer) is truncated, whatever
+      the counts say.
+    - Without a frame count (Matroska, WebM), the frames must reach the header's duration to within 1.5
+      frame intervals.
+    """
     promised = stream.frames
+    if 0 < promised and decoded < promised:
+        whole = not log.damaged and log.packets == log.indexed
+        if whole and promised - decoded <= HEADER_FRAME_SLACK:
+            return  # the header miscounts a stream that is all there
+        if log.damaged:
+            detail = f"; FFmpeg flagged {log.describe_damage()}"
+        elif log.packets != log.indexed:
+            detail = f"; {log.packets} packets read, {log.indexed} in its index"
+        else:
+            detail = ""
+        raise VideoError(f"{name}: not a readable video (truncated or corrupt: "
+                         f"decoded {decoded} of the {promised} frames in its header{detail})")
+    if log.ends_cut:
+        raise VideoError(f"{name}: not a readable video (truncated or corrupt: the stream ends in a packet "
+                         f"cut short, after {decoded} frames)")
     if promised > 0:
-        if decoded < promised:
-            raise VideoError(f"{name}: not a readable video (truncated or corrupt: "
-                             f"decoded {decoded} of the {promised} frames in its header)")
         return
     end = _expected_end(container, stream)
     fps = _stream_fps(stream)
