@@ -490,8 +490,8 @@ def missing_extra_message(exc: ModuleNotFoundError, argv: list[str]) -> str | No
 
 
 def main() -> None:
-    """Console entry point: user errors become one line and exit status 2, never a traceback; so does a
-    command whose install extra is missing."""
+    """Console entry point: user errors become one line and exit status 2, never a traceback; so do a
+    command whose install extra is missing, and a full disk or a permission problem while writing."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
@@ -507,6 +507,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        # a full disk or a permission problem raised outside the atomic-write helpers (they convert their own)
+        from dvdm.utils.atomic import output_write_error
+
+        problem = output_write_error(exc)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(problem.exit_code)
 
 
 if __name__ == "__main__":

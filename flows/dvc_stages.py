@@ -29,12 +29,14 @@ _THREAD_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class Stage:
-    """One `dvc.yaml` stage: its declared outputs, metrics and params sections (paths relative to the project)."""
+    """One `dvc.yaml` stage: its declared outputs, metrics, params sections and dependencies (paths relative to
+    the project)."""
 
     name: str
     outs: tuple[str, ...]
     metrics: tuple[str, ...]
     params: tuple[str, ...]
+    deps: tuple[str, ...] = ()
 
 
 def _names(entries: list[Any]) -> tuple[str, ...]:
@@ -53,7 +55,8 @@ def read_stages(project: Path) -> dict[str, Stage]:
     doc = yaml.safe_load(path.read_text()) or {}
     stages = {}
     for name, body in (doc.get("stages") or {}).items():
-        stages[name] = Stage(name, _names(body.get("outs")), _names(body.get("metrics")), _names(body.get("params")))
+        stages[name] = Stage(name, _names(body.get("outs")), _names(body.get("metrics")), _names(body.get("params")),
+                             _names(body.get("deps")))
     return stages
 
 

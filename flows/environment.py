@@ -9,6 +9,7 @@ tracking server.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,41 @@ QUIET = {
 def configure() -> None:
     for key, value in QUIET.items():
         os.environ.setdefault(key, value)
+
+
+class UserErrorsOffTheConsole(logging.Filter):
+    """Keeps Prefect's failure records about a `DvdmError` (bad input, a full disk) off the console: the CLI
+    prints that error as its one `error:` line, and the run's log in the Prefect API keeps the records.
+
+    The record that carries the error comes first; the run's later error records (its "Finished in state
+    Failed" line) carry only its run id, so the ids of such runs are remembered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_runs: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from dvdm.errors import DvdmError
+
+        run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
+        if record.exc_info and isinstance(record.exc_info[1], DvdmError):
+            if run:
+                self.failed_runs.add(str(run))
+            return False
+        return not (run and record.levelno >= logging.ERROR and str(run) in self.failed_runs)
+
+
+def keep_user_errors_off_the_console() -> None:
+    """Install `UserErrorsOffTheConsole` on the console handlers Prefect's run logs reach: Prefect's own, or
+    the CLI's root handler, which Prefect leaves in place (after Prefect set up its logging)."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # later set-ups are incremental: they keep these handlers and their filters
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                    isinstance(f, UserErrorsOffTheConsole) for f in handler.filters):
+                handler.addFilter(UserErrorsOffTheConsole())
 
 
 @contextlib.contextmanager

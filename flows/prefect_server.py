@@ -8,6 +8,10 @@ no UI, no background services, the database under `PREFECT_HOME`) in a subproces
 the flow needs anyway (imports, the MLflow store) while it boots, and only then waits for it.
 
 A configured `PREFECT_API_URL` (environment or Prefect profile) always wins: nothing is started then.
+
+The server never outlives the process that started it, even one killed with SIGKILL (no atexit then): it runs
+in its own process group (a Ctrl-C in the terminal reaches only the parent, which stops it in order), and a
+thread inside it watches its parent pid and shuts it down when the parent is gone.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +35,9 @@ from dvdm.errors import DvdmError
 
 STARTUP_FAILED_EXIT = 3  # uvicorn's exit status both for a taken port and for a failed app start-up
 PORT_RETRIES = 5
+PARENT_ENV = "DVDM_PREFECT_SERVER_PARENT"  # the pid the server must not outlive
+PARENT_POLL_SECONDS = 0.5
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 class PrefectServerError(DvdmError):
@@ -36,10 +45,28 @@ class PrefectServerError(DvdmError):
 
 
 def create_app():
-    """uvicorn factory for the subprocess: Prefect's API app in ephemeral mode (no UI, no services)."""
+    """uvicorn factory for the subprocess: Prefect's API app in ephemeral mode (no UI, no services), shut down
+    when the process that started it is gone."""
     from prefect.server.api.server import create_app as prefect_app
 
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        watch_parent(int(os.environ[PARENT_ENV]))
     return prefect_app(ephemeral=True, final=True)
+
+
+def watch_parent(parent: int) -> threading.Thread:
+    """A daemon thread that ends this process once its parent is no longer `parent` (it died, and the process
+    was re-parented): SIGTERM first (uvicorn's orderly shutdown), a hard exit if that hangs."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(SHUTDOWN_GRACE_SECONDS)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="dvdm-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def configured_api_url() -> str | None:
@@ -83,7 +110,8 @@ class LocalPrefectServer:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parents[1]),
              "--factory", f"{__name__}:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, "PREFECT_UI_ENABLED": "0"}, stdout=self._log, stderr=subprocess.STDOUT)
+            env={**os.environ, "PREFECT_UI_ENABLED": "0", PARENT_ENV: str(os.getpid())}, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True)
         if not self._port_retries:
             atexit.register(self.stop)  # an interrupted call never leaves a server behind
         return self
@@ -153,16 +181,25 @@ class LocalPrefectServer:
         self._port_retries = 0
 
 
+def flush_run_logs() -> None:
+    """Send the run-log records still queued for the API (waits at most 5 s)."""
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+
+
 @contextlib.contextmanager
 def prefect_api(warmups: Sequence[Callable[[], object]] = ()) -> Iterator[str]:
     """Run the body against a Prefect API: the configured one, or a local server started here.
 
     `warmups` are work the body would do anyway (imports, opening stores); they run while the local server
     boots, each only if the server is not ready yet, so a fast start wastes nothing."""
-    from flows.environment import configure
+    from flows.environment import configure, keep_user_errors_off_the_console
 
     configure()
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    keep_user_errors_off_the_console()
 
     # the heartbeat thread puts a 1 s floor under every flow run and matters only to a remote worker's
     # server-side crash detection; one local CLI call does not need it
@@ -179,6 +216,9 @@ def prefect_api(warmups: Sequence[Callable[[], object]] = ()) -> Iterator[str]:
                 warm()
             url = server.wait()
             with temporary_settings({PREFECT_API_URL: url}):
-                yield url
+                try:
+                    yield url
+                finally:
+                    flush_run_logs()  # before the server goes: a failed run's last records are still queued
         finally:
             server.stop()

@@ -41,10 +41,15 @@ def read_stage_metrics(project: Path, stage: Stage) -> dict[str, float]:
 
 def call_stage(project: Path, stage_name: str, resume: bool = False) -> None:
     """Run a stage's function as `dvc repro` runs its command: from the project root, with the project's params
-    file and the paths dvc.yaml declares. A failure raises (so Prefect sees it and retries)."""
+    file and the paths dvc.yaml declares. A failure raises (so Prefect sees it and retries).
+
+    `resume` continues from the stage's checkpoint when it was written with the same params section and the
+    same content of every dvc.yaml dependency (data and code alike, as DVC sees them)."""
     stage = get_stage(stage_name)
+    deps = read_stages(project)[stage_name].deps
     with working_directory(project):
-        stage.run(stage.load_params(PARAMS_FILE), {key: stage.path(key) for key in stage.paths}, resume=resume)
+        stage.run(stage.load_params(PARAMS_FILE), {key: stage.path(key) for key in stage.paths}, resume=resume,
+                  inputs=deps if stage.resumable else None)
 
 
 @task(name="stage", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE, task_run_name="{stage_name}")
@@ -57,9 +62,11 @@ def run_stage(project: str, stage_name: str, force: bool = False) -> dict[str, A
         logger.info("%s: up to date (dvc status), skipped", stage_name)
         return {"stage": stage_name, "skipped": True, "seconds": 0.0, "metrics": read_stage_metrics(root, stage),
                 "outs": list(stage.outs)}
-    # a retry continues an interrupted training from its last checkpoint instead of starting over
-    resume = task_run.get_run_count() > 1 and get_stage(stage_name).resumable
-    if resume:
+    # a retry, and a rerun after a crash (kill -9 included), continue an interrupted training from its last
+    # checkpoint when settings and inputs are unchanged; --force starts over (its retries still resume)
+    retry = task_run.get_run_count() > 1
+    resume = get_stage(stage_name).resumable and (retry or not force)
+    if resume and retry:
         logger.info("%s: retry %d resumes from the last checkpoint", stage_name, task_run.get_run_count() - 1)
     started = time.perf_counter()
     call_stage(root, stage_name, resume=resume)

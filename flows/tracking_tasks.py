@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dvdm.config import as_dict, section
@@ -55,11 +55,18 @@ def project_params(project: str | Path) -> dict[str, Any]:
 
 @task(name="mlflow-start", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def start_pipeline_run(project: str, key: str) -> dict[str, Any]:
+    """The parent run, owned by this process (pid/host tags); first closes the runs a killed pipeline left
+    RUNNING."""
     client = client_for(project)
+    closed = runs.close_orphaned_runs(client)
+    if closed:
+        get_run_logger().warning("closed %d run(s) left RUNNING by a pipeline that died: %s", len(closed),
+                                 ", ".join(closed))
     params = project_params(project)
     experiment = runs.experiment_name(project_section(project, "ingest").source)
     tags = runs.provenance_tags(project, space=project_section(project, "train").space)
-    run_id = runs.start_run(client, experiment, key, name="pipeline", tags={**tags, "dvdm.kind": "pipeline"})
+    run_id = runs.start_run(client, experiment, key, name="pipeline",
+                            tags={**tags, **runs.owner_tags(), "dvdm.kind": "pipeline"})
     runs.log_config(client, run_id, params, artifact_file="params.json")
     return {"run_id": run_id, "experiment": experiment, "tracking_uri": resolve_tracking_uri(work=work_dir(project))}
 

@@ -144,3 +144,52 @@ def test_a_port_taken_before_the_server_binds_it_is_retried(tmp_path, monkeypatc
     finally:
         server.stop()
         taken.close()
+
+
+SERVER_IN_A_PARENT = """
+import sys, time
+from flows.prefect_server import LocalPrefectServer
+server = LocalPrefectServer(startup_timeout=240).start()
+if sys.argv[1] == "ready":
+    server.wait()
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its new parent) is gone as far as work goes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["ready", "booting"])
+def test_the_server_does_not_outlive_a_killed_parent(tmp_path, when):
+    """kill -9 of the process that started the server (no atexit runs) still takes the server down, whether it
+    was serving or still booting; it runs in its own process group."""
+    import signal
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", SERVER_IN_A_PARENT, when], stdout=subprocess.PIPE, text=True,
+                              env=_env(tmp_path), cwd=REPO)
+    server_pid = None
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert os.getpgid(server_pid) == server_pid != os.getpgid(parent.pid)  # its own process group
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _pid_exists(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _pid_exists(server_pid), f"the server (pid {server_pid}) outlived its killed parent"
+    finally:
+        parent.kill()
+        if server_pid is not None and _pid_exists(server_pid):
+            os.kill(server_pid, signal.SIGKILL)

@@ -203,3 +203,56 @@ def test_clean_key():
     assert runs.clean_key("loss[0]") == "loss_0_"
     assert runs.clean_key("a//b") == "a__b" and runs.clean_key("/x") == "_x" and runs.clean_key("..") == "_"
     assert len(runs.clean_key("k" * 400)) == runs.MAX_KEY
+
+
+# ---------------------------------------------------------------------------------------------- orphans
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_runs_of_a_dead_pipeline_are_closed_and_live_ones_left_alone(mlflow_store):
+    import os
+
+    client = mlflow_store("orphans")
+    exp = runs.experiment_name("synthetic-orphans")
+    dead = runs.start_run(client, exp, "killed-flow", tags={**runs.owner_tags(_dead_pid()), "dvdm.kind": "pipeline"})
+    dead_child = runs.start_child_run(client, dead, "train-diffusion")
+    live = runs.start_run(client, exp, "live-flow", tags=runs.owner_tags())           # this process: alive
+    reused = runs.start_run(client, exp, "reused-pid", tags={**runs.owner_tags(), runs.OWNER_STARTED_TAG: "x/1"})
+    remote = runs.start_run(client, exp, "other-host", tags={**runs.owner_tags(_dead_pid()),
+                                                              runs.OWNER_HOST_TAG: "another-host.example"})
+    untagged = runs.start_run(client, exp, "before-owner-tags")                        # cannot be told: kept
+    finished = runs.start_run(client, exp, "finished", tags=runs.owner_tags(_dead_pid()))
+    runs.end_run(client, finished)
+
+    closed = runs.close_orphaned_runs(client)
+
+    assert sorted(closed) == sorted([dead, dead_child, reused])
+    for run_id in (dead, dead_child, reused):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.info.end_time is not None
+        assert "died without ending the run" in run.data.tags[runs.ERROR_TAG]
+    for run_id in (live, remote, untagged):
+        assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(finished).info.status == "FINISHED"
+    assert client.get_run(live).data.tags[runs.OWNER_PID_TAG] == str(os.getpid())
+    assert runs.close_orphaned_runs(client) == []  # nothing left to close
+
+
+def test_owner_liveness():
+    import os
+
+    assert runs.owner_alive(runs.owner_tags()) is True
+    assert runs.owner_alive(runs.owner_tags(_dead_pid())) is False
+    assert runs.owner_alive({}) is None
+    assert runs.owner_alive({**runs.owner_tags(), runs.OWNER_HOST_TAG: "elsewhere"}) is None
+    if runs.process_start_time(os.getpid()) is not None:  # Linux: a reused pid is not its old owner
+        assert runs.owner_alive({**runs.owner_tags(), runs.OWNER_STARTED_TAG: "x/1"}) is False

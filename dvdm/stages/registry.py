@@ -2,7 +2,9 @@
 
 Each entry holds the stage function, its params.yaml section, the paths `dvc.yaml` gives it (keyed by the
 CLI option that carries them: `in`, `out`, `model`, `autoencoder`, `metrics`) and whether an interrupted run
-can resume from its last checkpoint. The CLI commands (and so `dvc repro`) and the Prefect flows all run a
+can resume from its last checkpoint (`OUT/checkpoint`). A resumable stage resumes only from a checkpoint whose
+fingerprint (its params section + the content of its inputs) matches the run's; otherwise it starts over and
+says so. The CLI commands (and so `dvc repro`) and the Prefect flows all run a
 stage through its entry, so they cannot diverge; a test checks the entries against `dvc.yaml`.
 
 The stage modules are imported when a stage runs, not here: the CLI reads this registry for its defaults,
@@ -11,17 +13,21 @@ and `dvdm --help` must not pay for torch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from dvdm.config import (DecomposeParams, EvaluateParams, ExportParams, IngestParams, TrainAEParams, TrainParams,
-                         section)
+                         as_dict, section)
 from dvdm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PARAMS_FILE = Path("params.yaml")  # the project's params file, relative to the project root (as dvc.yaml has it)
 
 StagePaths = Mapping[str, Path | None]  # CLI option name -> path; `metrics` may be None (not written)
+OUTPUT_KEYS = ("out", "metrics")         # the path options a stage writes; the others are its inputs
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class PipelineStage:
     command: str                       # the `dvdm` command that runs it
     section: str                       # its params.yaml section
     paths: Mapping[str, str]           # its paths relative to the project root, in dvc.yaml's option order
-    function: Callable[..., Any]       # (params, paths[, resume=True]) -> the stage's summary
+    function: Callable[..., Any]       # (params, paths[, resume=, fingerprint=]) -> the stage's summary
     resumable: bool = False            # checkpoints as it goes, so a retry can continue instead of restarting
 
     def path(self, key: str) -> Path:
@@ -43,13 +49,29 @@ class PipelineStage:
         """The stage's typed params section (defaults when `params_file` is None)."""
         return section(params_file, self.section, list(overrides))
 
-    def run(self, params: Any, paths: StagePaths, resume: bool = False) -> Any:
-        """Run the stage function; `resume` continues from the output's last checkpoint."""
-        if not resume:
-            return self.function(params, paths)
+    def run(self, params: Any, paths: StagePaths, resume: bool = False,
+            inputs: Sequence[str | Path] | None = None) -> Any:
+        """Run the stage function; `resume` continues from the output's last checkpoint when that checkpoint
+        was written with the same settings and inputs (`inputs`: the paths the fingerprint covers, default the
+        stage's input paths; the flow passes all its dvc.yaml dependencies, code included)."""
         if not self.resumable:
-            raise ConfigError(f"stage {self.name} cannot resume (it keeps no checkpoint)")
-        return self.function(params, paths, resume=True)
+            if resume:
+                raise ConfigError(f"stage {self.name} cannot resume (it keeps no checkpoint)")
+            return self.function(params, paths)
+        from dvdm.train.checkpoint import resume_point, run_fingerprint
+
+        if inputs is None:
+            inputs = [p for key, p in paths.items() if key not in OUTPUT_KEYS and p is not None]
+        fingerprint = run_fingerprint(as_dict(params), inputs)
+        if resume:
+            step, why = resume_point(Path(paths["out"]) / "checkpoint", fingerprint)
+            resume = step is not None
+            # warnings: shown by the CLI and inside a flow alike (the flow's prints go to its INFO log)
+            if resume:
+                log.warning("%s: resuming from step %d: %s", self.name, step, why)
+            elif (Path(paths["out"]) / "checkpoint").exists():
+                log.warning("%s: starting over, not resuming: %s", self.name, why)
+        return self.function(params, paths, resume=resume, fingerprint=fingerprint)
 
 
 def _ingest(params: IngestParams, paths: StagePaths) -> dict[str, Any]:
@@ -68,17 +90,19 @@ def _decompose(params: DecomposeParams, paths: StagePaths) -> dict[str, Any]:
     return stats
 
 
-def _train_ae(params: TrainAEParams, paths: StagePaths, resume: bool = False) -> dict[str, Any]:
+def _train_ae(params: TrainAEParams, paths: StagePaths, resume: bool = False,
+              fingerprint: str | None = None) -> dict[str, Any]:
     from dvdm.stages.train_ae import run_train_ae
 
-    return run_train_ae(params, paths["in"], paths["out"], resume=resume)
+    return run_train_ae(params, paths["in"], paths["out"], resume=resume, fingerprint=fingerprint)
 
 
-def _train_diffusion(params: TrainParams, paths: StagePaths, resume: bool = False) -> dict[str, Any]:
+def _train_diffusion(params: TrainParams, paths: StagePaths, resume: bool = False,
+                     fingerprint: str | None = None) -> dict[str, Any]:
     from dvdm.stages.train_diffusion import run_train_diffusion
 
     return run_train_diffusion(params, paths["in"], paths["out"], autoencoder_dir=paths.get("autoencoder"),
-                               resume=resume)
+                               resume=resume, fingerprint=fingerprint)
 
 
 def _evaluate(params: EvaluateParams, paths: StagePaths) -> dict[str, Any]:

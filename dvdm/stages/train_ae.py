@@ -93,7 +93,7 @@ def evaluate_codec(model: ResidualAutoencoder, clips, block: int, search: dict[s
 
 
 def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str | Path,
-                 resume: bool = False) -> dict[str, Any]:
+                 resume: bool = False, fingerprint: str | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     data = ShardedDataset(Path(decomposed_dir))
     if not data.records:
@@ -134,7 +134,8 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
                       checkpoint_config={"autoencoder": as_dict(ae_config), "block": block,
                                          "search": search["search"], "codec": search,
                                          "params": as_dict(params)},
-                      callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)])
+                      callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)],
+                      fingerprint=fingerprint)
     if resume and (out_dir / "checkpoint").exists():
         trainer.resume(out_dir / "checkpoint")
     started = time.perf_counter()

@@ -257,7 +257,8 @@ def checkpoint_config(params: TrainParams, space: TargetSpace, unet_config: UNet
 
 
 def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: str | Path,
-                        autoencoder_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+                        autoencoder_dir: str | Path | None = None, resume: bool = False,
+                        fingerprint: str | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
     data = open_ingested(ingested_dir)
     torch.manual_seed(params.seed)  # before anything is built: the autoencoder, text encoder and UNet draw from it
@@ -277,7 +278,8 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
                       checkpoint_config=checkpoint_config(params, space, unet_config, diffusion, clips.clip,
                                                           text_encoder, ae_config),
                       sample_fn=ProgressSamples(params, space, diffusion, clips, text_encoder, metrics_path),
-                      callbacks=[JsonlMetrics(metrics_path, cfg.steps)], extra_weights=ae_weights)
+                      callbacks=[JsonlMetrics(metrics_path, cfg.steps)], extra_weights=ae_weights,
+                      fingerprint=fingerprint)
     if resume and (out_dir / "checkpoint").exists():
         trainer.resume(out_dir / "checkpoint")
     started = time.perf_counter()

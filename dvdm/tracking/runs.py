@@ -5,6 +5,11 @@ retried task that starts "its" run gets the same run back (status reset to RUNNI
 orphaned one. Only a FINISHED run is not reused, so a deliberate rerun of a completed stage gets a fresh run.
 A failed attempt marks its run FAILED with the error as a tag; the retry flips it back to RUNNING.
 
+A pipeline's parent run records its owner (tags `dvdm.owner.*`: host, pid and the process's start time). A
+process killed with SIGKILL cannot close its run, so the next pipeline start closes every RUNNING run whose owner
+is a process of this host that no longer exists (`close_orphaned_runs`) as KILLED, children included; runs of a
+live pipeline, and of other hosts, are left alone.
+
 Everything goes through `MlflowClient` and run ids. The fluent API (`mlflow.start_run`, active runs,
 `MLFLOW_RUN_ID`) keeps per-process state that breaks when one process runs many tasks.
 """
@@ -17,6 +22,7 @@ import json
 import os
 import posixpath
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +43,9 @@ DATA_HASH_TAG = "dvdm.data_hash"
 SPACE_TAG = "dvdm.space"
 ERROR_TAG = "dvdm.error"
 VERSION_TAG = "dvdm.version"
+OWNER_HOST_TAG = "dvdm.owner.host"
+OWNER_PID_TAG = "dvdm.owner.pid"
+OWNER_STARTED_TAG = "dvdm.owner.started"  # the pid's start time, so a reused pid is not taken for the owner
 
 # MLflow's limits (mlflow.utils.validation): longer values are rejected, not truncated.
 MAX_KEY = 250
@@ -157,6 +166,67 @@ def tracked_run(client: "MlflowClient", key: str, *, experiment: str | None = No
         fail_run(client, run_id, exc)
         raise
     end_run(client, run_id)
+
+
+# ---------------------------------------------------------------------------------------------- orphans
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, from /proc, with the boot id); None where /proc
+    cannot tell (not Linux, no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}/{stat[stat.rindex(')') + 2:].split()[19]}"  # field 22, after the parenthesised name
+
+
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags naming the process that owns a run: host, pid, and the pid's start time where known."""
+    pid = os.getpid() if pid is None else pid
+    tags = {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(pid),
+            OWNER_STARTED_TAG: process_start_time(pid)}
+    return {k: v for k, v in tags.items() if v}
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Is the process named by a run's owner tags still running? None when it cannot be told (another host,
+    no owner tags)."""
+    if tags.get(OWNER_HOST_TAG) != socket.gethostname() or not tags.get(OWNER_PID_TAG, "").isdigit():
+        return None
+    pid = int(tags[OWNER_PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    recorded = tags.get(OWNER_STARTED_TAG)
+    return recorded is None or process_start_time(pid) in (None, recorded)
+
+
+def close_orphaned_runs(client: "MlflowClient", status: str = "KILLED") -> list[str]:
+    """Close the RUNNING runs whose owning process died (see the module doc) and their RUNNING child runs; the
+    ids closed. Each gets a `dvdm.error` tag saying which process died."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    closed: list[str] = []
+    for run in client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{OWNER_PID_TAG}` != ''",
+                                  max_results=1000):
+        tags = run.data.tags
+        if owner_alive(tags) is not False:
+            continue
+        reason = (f"closed as {status} by a later pipeline start: its process (pid {tags[OWNER_PID_TAG]} on "
+                  f"{tags[OWNER_HOST_TAG]}) died without ending the run")
+        children = client.search_runs([run.info.experiment_id], f"attributes.status = 'RUNNING' and "
+                                      f"tags.`{PARENT_TAG}` = '{run.info.run_id}'", max_results=1000)
+        for r in [*children, run]:
+            client.set_tag(r.info.run_id, ERROR_TAG, reason)
+            end_run(client, r.info.run_id, status)
+            closed.append(r.info.run_id)
+    return closed
 
 
 # ---------------------------------------------------------------------------------------------- logging

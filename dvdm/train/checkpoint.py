@@ -9,12 +9,17 @@ ckpt/
 ```
 Loading never executes code from the files: safetensors for weights, `torch.load(weights_only=True)` for
 the trainer state, JSON for the rest. Checkpoints are written into a temporary sibling and renamed.
+
+config.json also records the run's `fingerprint` (its settings and the content of its inputs): a rerun
+continues from the checkpoint only when its own fingerprint is the same, else it starts over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,8 @@ from dvdm.utils.atomic import atomic_dir
 
 FORMAT = "dvdm-checkpoint"
 FORMAT_VERSION = 1
+FINGERPRINT_KEY = "fingerprint"
+_NOT_INPUT = ("__pycache__",)  # what .dvcignore leaves out of a stage's dependencies (with *.pyc)
 
 
 @dataclass
@@ -106,3 +113,44 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> Ch
         raise DvdmError(f"{path}: is a {config.get('kind')} checkpoint, expected {kind}")
     names = sorted(p.name[: -len(".safetensors")] for p in path.glob("*.safetensors"))
     return Checkpoint(path, config, names)
+
+
+def run_fingerprint(settings: Mapping[str, Any], inputs: Iterable[str | os.PathLike[str]]) -> str:
+    """sha256 over a run's settings (canonical JSON) and the content of its inputs (every file under each input
+    path, by relative name): what a checkpoint must share with a run that resumes from it."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for root in sorted({Path(p) for p in inputs}, key=str):
+        digest.update(f"\0input {root.as_posix()}\0".encode())
+        if not root.exists():
+            digest.update(b"missing")
+            continue
+        files = [root] if root.is_file() else sorted(
+            f for f in root.rglob("*")
+            if f.is_file() and f.suffix != ".pyc" and not any(part in _NOT_INPUT for part in f.parts))
+        for f in files:
+            digest.update(f"\0{f.relative_to(root).as_posix() if f != root else ''}\0".encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def resume_point(path: str | os.PathLike[str], fingerprint: str) -> tuple[int | None, str]:
+    """(the step to continue from, or None when the run must start over; why). A checkpoint is resumable only
+    when it has its trainer state and was written by a run with the same `fingerprint`."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return None, f"no checkpoint at {path}"
+    try:
+        ckpt = load_checkpoint(path)
+    except DvdmError as exc:
+        return None, f"the checkpoint is unreadable ({exc})"
+    recorded = ckpt.config.get(FINGERPRINT_KEY)
+    if recorded is None:
+        return None, f"the checkpoint at {path} (step {ckpt.step}) records no settings/inputs fingerprint"
+    if recorded != fingerprint:
+        return None, (f"the settings or inputs changed since the checkpoint at {path} (step {ckpt.step}) was "
+                      f"written")
+    if not (path / "trainer_state.pt").is_file():
+        return None, f"the checkpoint at {path} has no trainer state"
+    return ckpt.step, f"the checkpoint at {path} matches this run's settings and inputs"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dvdm.errors import DvdmError
-from dvdm.train.checkpoint import load_checkpoint, save_checkpoint
+from dvdm.train.checkpoint import FINGERPRINT_KEY, load_checkpoint, save_checkpoint
 from dvdm.train.device import amp_dtype, autocast, select_device
 from dvdm.train.ema import EMA
 
@@ -129,7 +129,9 @@ class Trainer:
     """Train `model` on `data` (a dict of tensors with a common first dimension) with `loss_fn`.
 
     `kind` and `checkpoint_config` go into every checkpoint's config.json (how to rebuild the model);
-    `extra_weights` are saved beside the model (e.g. the autoencoder inside an ED-VDM checkpoint).
+    `extra_weights` are saved beside the model (e.g. the autoencoder inside an ED-VDM checkpoint);
+    `fingerprint` (settings + inputs, `run_fingerprint`) goes into every checkpoint, so a rerun knows whether
+    it may resume from it.
     """
 
     model: nn.Module
@@ -142,6 +144,7 @@ class Trainer:
     sample_fn: SampleFn | None = None
     callbacks: list[Callback] = field(default_factory=list)
     extra_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -191,7 +194,8 @@ class Trainer:
     def save(self, path: Path | None = None) -> Path:
         path = path or self.out_dir / "checkpoint"
         save_checkpoint(path, kind=self.kind,
-                        config={**self.checkpoint_config, "train": _jsonable(asdict(self.config))},
+                        config={**self.checkpoint_config, "train": _jsonable(asdict(self.config)),
+                                **({FINGERPRINT_KEY: self.fingerprint} if self.fingerprint else {})},
                         weights={"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                                  **self.extra_weights},
                         trainer_state=self.trainer_state(), step=self.step)
