@@ -247,6 +247,7 @@ def sample(
     from dvdm.errors import ConfigError
     from dvdm.pipeline import SAMPLERS, VideoPipeline
     from dvdm.video import resize, resize_short_side_and_center_crop, write_gif, write_mp4
+    from dvdm.video.transforms import check_aspect_ratio
     from dvdm.video.image import read_image
 
     if out.suffix.lower() not in (".mp4", ".gif"):
@@ -263,6 +264,10 @@ def sample(
     if not 1 <= steps <= pipe.diffusion.num_timesteps:
         raise ConfigError(f"--steps must be within 1..{pipe.diffusion.num_timesteps}, got {steps}")
     if img.shape[:2] != (pipe.height, pipe.width):
+        try:
+            check_aspect_ratio(*img.shape[:2], pipe.height, pipe.width)
+        except ValueError as exc:
+            raise ConfigError(f"--image {image}: {exc}") from None
         typer.echo(f"note: image resized from {img.shape[1]}x{img.shape[0]} to the model's "
                    f"{pipe.width}x{pipe.height} (short side, then centre crop)", err=True)
         img = (resize_short_side_and_center_crop(img[None], pipe.height) if pipe.height == pipe.width

@@ -228,6 +228,11 @@ def test_cli_sample_with_a_trained_model(tiny_model, tmp_path):
                              "--out", "c.mp4", "--device", "cpu", cwd=tmp_path), "fp16 needs a CUDA device")
     _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "big.png", "--precision", "int8",
                              "--out", "c.mp4", cwd=tmp_path), "precision must be one of")
+    # issue 13: a strip of an image would be scaled up to gigabytes; refused before any resize
+    Image.new("RGB", (64000, 4), (0, 0, 0)).save(tmp_path / "strip.png")
+    _assert_clean_error(dvdm("sample", "--model", str(tiny_model), "--image", "strip.png", "--out", "c.mp4",
+                             cwd=tmp_path), "strip.png: a 4x64000 (HxW) frame is")
+    assert not (tmp_path / "c.mp4").exists()
     assert not (tmp_path / "c.mp4").exists()
 
 
