@@ -84,7 +84,7 @@ class TrainAEParams:
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100     # a killed run resumes from its last checkpoint
     eval_clips: int = 8
     max_seconds: float = 0.0         # > 0: stop after this much training time (a compute budget)
 
@@ -106,7 +106,7 @@ class TrainParams:
     max_clips: int = 0               # 0: every training clip
     log_every: int = 25
     sample_every: int = 1200
-    checkpoint_every: int = 0
+    checkpoint_every: int = 300
     sample_steps: int = 25
     guidance: float = 1.0
     check_clips: int = 4             # at each sample: prompt-swap check on this many held-out first frames
