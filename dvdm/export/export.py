@@ -35,6 +35,7 @@ from dvdm.export.graphs import (
     ResidualDecoderGraph,
     export_graph,
 )
+from dvdm.runtime.decode import needs_residual_decoder
 from dvdm.runtime.image import IMAGE_DIVIDE, IMAGE_SUBTRACT
 from dvdm.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, file_entries, sha256_file
 from dvdm.utils.atomic import atomic_dir, write_json
@@ -306,10 +307,6 @@ def _parity(pipe, folder: Path, modules: Modules, spec: dict[str, Any], *, graph
     report["passed"] = bool(all(g["passed"] for g in report["graphs"].values())
                             and all(report[k]["passed"] for k in ("end_to_end", "tokenizer") if k in report))
     return report
-
-
-def needs_residual_decoder(spec: dict[str, Any]) -> bool:
-    return spec.get("method") == "motion_residual"
 
 
 def _failures(report: dict[str, Any]) -> str:

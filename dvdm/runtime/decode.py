@@ -57,6 +57,11 @@ def check_spec(spec: dict[str, Any]) -> None:
             raise ManifestError("manifest decode.residual must name the residual decoder graph")
 
 
+def needs_residual_decoder(spec: dict[str, Any]) -> bool:
+    """Whether a decode block needs the residual decoder (graph or codec) besides the target."""
+    return spec.get("method") == "motion_residual"
+
+
 def decode_target(spec: dict[str, Any], target: np.ndarray, first_frame: np.ndarray,
                   residual_decoder: ResidualDecoder | None = None) -> np.ndarray:
     """Raw target (C, T-1, h, w) + first frame uint8 (H, W, 3) -> uint8 clip (T, H, W, 3)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dvdm.runtime.ddim import DDIM
-from dvdm.runtime.decode import check_spec, decode_target
+from dvdm.runtime.decode import check_spec, decode_target, needs_residual_decoder
 from dvdm.runtime.errors import InvalidRequest, ManifestError
 from dvdm.runtime.guidance import check_guidance, guide
 from dvdm.runtime.manifest import load_manifest
@@ -237,7 +237,7 @@ class OrtVideoPipeline:
     def decode(self, targets: np.ndarray, first_frames: np.ndarray) -> np.ndarray:
         """Normalised targets (B, ...) + uint8 first frames -> uint8 videos (B, T, H, W, 3)."""
         raw = self.normalizer.denormalize(np.asarray(targets, np.float32))
-        residual = self._residual_decoder if self.decode_spec["method"] == "motion_residual" else None
+        residual = self._residual_decoder if needs_residual_decoder(self.decode_spec) else None
         return np.stack([decode_target(self.decode_spec, raw[i], first_frames[i], residual)
                          for i in range(len(first_frames))])
 
