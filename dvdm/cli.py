@@ -5,10 +5,13 @@ Every user mistake (`DvdmError`) becomes one line on stderr and exit status 2; t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -118,6 +121,24 @@ def inspect(
             typer.echo(f"{key:32s} {value}")
 
 
+@contextlib.contextmanager
+def _training_processes() -> Iterator[None]:
+    """Under `torchrun` (WORLD_SIZE > 1) the training stage joins the process group; leave it at the end."""
+    try:
+        yield
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from dvdm.train.distributed import shutdown
+
+            shutdown()
+
+
+def _echo_once(message: str) -> None:
+    """Print on rank 0 only: N torchrun processes report one result."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(message)
+
+
 @app.command("train-ae")
 def train_ae(
     in_dir: Annotated[Path, typer.Option("--in", help="Decomposed dataset directory.")] = TRAIN_AE.path("in"),
@@ -129,8 +150,9 @@ def train_ae(
 ) -> None:
     """Train ED-VDM's residual autoencoder (latent on the motion-vector grid)."""
     cfg = TRAIN_AE.load_params(_params_path(params), set_ or [])
-    m = TRAIN_AE.run(cfg, {"in": in_dir, "out": out}, resume=resume)
-    typer.echo(f"autoencoder trained for {m['steps']} steps in {m['train_seconds']:.0f}s -> {m['checkpoint']}; "
+    with _training_processes():
+        m = TRAIN_AE.run(cfg, {"in": in_dir, "out": out}, resume=resume)
+    _echo_once(f"autoencoder trained for {m['steps']} steps in {m['train_seconds']:.0f}s -> {m['checkpoint']}; "
                f"{m['eval_split']} residual PSNR {m['residual_psnr']:.2f} dB, closed-loop reconstruction PSNR "
                f"{m['reconstruction_psnr']:.2f} dB / SSIM {m['reconstruction_ssim']:.4f}; diffusion target vs the RGB "
                f"clip: " + ", ".join(f"{k} {v}x smaller" for k, v in m["target"]["ratio_vs_rgb"].items()))
@@ -156,8 +178,9 @@ def train(
     if space_class(cfg.space).needs_codec and autoencoder is None and Path("models/autoencoder").exists():
         autoencoder = Path("models/autoencoder")
     out = out or Path("models") / cfg.space
-    m = TRAIN_DIFFUSION.run(cfg, {"in": in_dir, "autoencoder": autoencoder, "out": out}, resume=resume)
-    typer.echo(f"{m['space']} denoiser trained for {m['steps']} steps in {m['train_seconds']:.0f}s on "
+    with _training_processes():
+        m = TRAIN_DIFFUSION.run(cfg, {"in": in_dir, "autoencoder": autoencoder, "out": out}, resume=resume)
+    _echo_once(f"{m['space']} denoiser trained for {m['steps']} steps in {m['train_seconds']:.0f}s on "
                f"{m['train_clips']} clips (target {'x'.join(map(str, m['target_shape']))}, "
                f"{m['parameters'] / 1e6:.2f}M parameters); val loss {m['val_loss']}; -> {m['checkpoint']}")
 

@@ -8,14 +8,32 @@ generator's device (CPU for CPU generators) and are then moved, so a seed gives 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+
+@dataclass(frozen=True)
+class BatchShard:
+    """Rows [start, stop) of a batch of `total` split across data-parallel processes: every draw is made for
+    the whole batch from `generator` (each process holds it in the same state) and this process keeps its
+    rows, so N processes draw exactly what one process would at the same global batch."""
+
+    generator: torch.Generator
+    start: int
+    stop: int
+    total: int
+
+    def check(self, batch: int) -> None:
+        if batch != self.stop - self.start:
+            raise ValueError(f"a draw for {batch} rows from the shard [{self.start}, {self.stop}) of {self.total}")
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | BatchShard | None
 
 
 def _as_list(generator: Generators, batch: int) -> list[torch.Generator] | None:
-    if generator is None or isinstance(generator, torch.Generator):
+    if generator is None or isinstance(generator, (torch.Generator, BatchShard)):
         return None
     gens = list(generator)
     if len(gens) != batch:
@@ -32,6 +50,9 @@ def randn(
     """Standard normal noise of `shape`; `generator` is None, one generator, or one per sample (shape[0])."""
     shape = tuple(shape)
     dtype = dtype or torch.get_default_dtype()
+    if isinstance(generator, BatchShard):
+        generator.check(shape[0])
+        return randn((generator.total, *shape[1:]), generator.generator, device, dtype)[generator.start:generator.stop]
     gens = _as_list(generator, shape[0] if shape else 0)
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
@@ -48,6 +69,9 @@ def randint(
     high: int, batch: int, generator: Generators = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """`batch` uniform int64 values in [0, high), with the same generator conventions as `randn`."""
+    if isinstance(generator, BatchShard):
+        generator.check(batch)
+        return randint(high, generator.total, generator.generator, device)[generator.start:generator.stop]
     gens = _as_list(generator, batch)
     if generator is None:
         return torch.randint(0, high, (batch,), device=device)
@@ -55,4 +79,19 @@ def randint(
         out = torch.randint(0, high, (batch,), generator=generator, device=generator.device)
     else:
         out = torch.cat([torch.randint(0, high, (1,), generator=g, device=g.device) for g in gens])
+    return out.to(device)
+
+
+def rand(batch: int, generator: Generators = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """`batch` uniform float32 values in [0, 1), with the same generator conventions as `randn`."""
+    if isinstance(generator, BatchShard):
+        generator.check(batch)
+        return rand(generator.total, generator.generator, device)[generator.start:generator.stop]
+    gens = _as_list(generator, batch)
+    if generator is None:
+        return torch.rand(batch, device=device)
+    if gens is None:
+        out = torch.rand(batch, generator=generator, device=generator.device)
+    else:
+        out = torch.cat([torch.rand(1, generator=g, device=g.device) for g in gens])
     return out.to(device)

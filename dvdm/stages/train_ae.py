@@ -27,6 +27,9 @@ from dvdm.metrics.ssim import ssim_per_frame
 from dvdm.models import AutoencoderConfig, ResidualAutoencoder
 from dvdm.spaces import target_sizes
 from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+from dvdm.train.device import select_device
+from dvdm.train.distributed import distributed_context
+from dvdm.train.shared_data import shared_training_data
 from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 
@@ -128,19 +131,23 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
 
     cfg = TrainConfig.from_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    context = distributed_context(select_device(cfg.device))
+    if not resume and context.is_main:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    trainer = Trainer(model, loss_fn, {"residual": train}, cfg, out_dir, kind="dvdm-autoencoder",
-                      checkpoint_config={"autoencoder": as_dict(ae_config), "block": block,
-                                         "search": search["search"], "codec": search,
-                                         "params": as_dict(params)},
-                      callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)],
-                      fingerprint=fingerprint)
-    if resume and (out_dir / "checkpoint").exists():
-        trainer.resume(out_dir / "checkpoint")
-    started = time.perf_counter()
-    path = trainer.fit()
-    seconds = time.perf_counter() - started
+    with shared_training_data({"residual": train}, context) as data_arrays:
+        trainer = Trainer(model, loss_fn, data_arrays, cfg, out_dir, kind="dvdm-autoencoder",
+                          checkpoint_config={"autoencoder": as_dict(ae_config), "block": block,
+                                             "search": search["search"], "codec": search,
+                                             "params": as_dict(params)},
+                          callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)],
+                          fingerprint=fingerprint)
+        if resume and (out_dir / "checkpoint").exists():
+            trainer.resume(out_dir / "checkpoint")
+        started = time.perf_counter()
+        path = trainer.fit()
+        seconds = time.perf_counter() - started
+    if not context.is_main:  # rank 0 evaluates and writes; every rank returns its summary
+        return context.broadcast(None)
     metrics = {"steps": trainer.step, "train_seconds": round(seconds, 2), "block": block,
                "latent_channels": params.latent_channels, "train_frames": int(train.shape[0]),
                "eval_split": split,
@@ -151,7 +158,7 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
                **evaluate_codec(trainer.ema.model, eval_clips, block, search, trainer.device)}
     write_json(out_dir / "metrics.json", metrics)
     metrics["checkpoint"] = str(path)
-    return metrics
+    return context.broadcast(metrics)
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> ResidualAutoencoder:

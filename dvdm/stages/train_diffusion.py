@@ -22,10 +22,14 @@ import torch
 from dvdm.config import TrainParams, as_dict
 from dvdm.data.shards import ShardedDataset
 from dvdm.diffusion import GaussianDiffusion
+from dvdm.diffusion.noise import rand
 from dvdm.errors import ConfigError, DataError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.pipeline import VideoPipeline, image_to_tensor
 from dvdm.spaces import TargetSpace, build_space, space_class
+from dvdm.train.device import select_device
+from dvdm.train.distributed import distributed_context
+from dvdm.train.shared_data import shared_training_data
 from dvdm.train.trainer import JsonlMetrics, LossFn, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 
@@ -177,8 +181,15 @@ def build_diffusion(cfg: dict[str, Any]) -> GaussianDiffusion:
 def diffusion_loss(diffusion: GaussianDiffusion) -> LossFn:
     """The trainer's loss: the diffusion loss of a batch, conditioned on its first frames (and text)."""
     def loss_fn(m, batch, gen):
+        text = batch.get("text")
+        drop = None
+        if text is not None and m.config.cond_drop_prob > 0:
+            # classifier-free guidance's text dropout, drawn from the trainer's generator (not torch's global
+            # one), so it is the same draw for a sample whatever the number of training processes
+            drop = rand(len(text), gen, text.device) < m.config.cond_drop_prob
+
         def model_fn(x, tt):
-            return m(x, tt, batch["first_frame"], batch.get("text"))
+            return m(x, tt, batch["first_frame"], text, drop_text=drop)
 
         out = diffusion.training_loss(model_fn, batch["x0"], generator=gen)
         return {"loss": out["loss"]}
@@ -272,24 +283,28 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     cfg = TrainConfig.from_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
-    if not resume:
+    context = distributed_context(select_device(cfg.device))
+    if not resume and context.is_main:
         metrics_path.unlink(missing_ok=True)
-    trainer = Trainer(model, diffusion_loss(diffusion), tensors, cfg, out_dir, kind="dvdm-diffusion",
-                      checkpoint_config=checkpoint_config(params, space, unet_config, diffusion, clips.clip,
-                                                          text_encoder, ae_config),
-                      sample_fn=ProgressSamples(params, space, diffusion, clips, text_encoder, metrics_path),
-                      callbacks=[JsonlMetrics(metrics_path, cfg.steps)], extra_weights=ae_weights,
-                      fingerprint=fingerprint)
-    if resume and (out_dir / "checkpoint").exists():
-        trainer.resume(out_dir / "checkpoint")
-    started = time.perf_counter()
-    path = trainer.fit()
-    train_seconds = time.perf_counter() - started
+    with shared_training_data(tensors, context) as data_arrays:
+        trainer = Trainer(model, diffusion_loss(diffusion), data_arrays, cfg, out_dir, kind="dvdm-diffusion",
+                          checkpoint_config=checkpoint_config(params, space, unet_config, diffusion, clips.clip,
+                                                              text_encoder, ae_config),
+                          sample_fn=ProgressSamples(params, space, diffusion, clips, text_encoder, metrics_path),
+                          callbacks=[JsonlMetrics(metrics_path, cfg.steps)], extra_weights=ae_weights,
+                          fingerprint=fingerprint)
+        if resume and (out_dir / "checkpoint").exists():
+            trainer.resume(out_dir / "checkpoint")
+        started = time.perf_counter()
+        path = trainer.fit()
+        train_seconds = time.perf_counter() - started
 
-    metrics = training_metrics(params, trainer, space, diffusion, clips, text_encoder, train_seconds)
-    write_json(out_dir / "metrics.json", metrics)
-    metrics["checkpoint"] = str(path)
-    return metrics
+    metrics = None
+    if context.is_main:  # rank 0 evaluates and writes; every rank returns its summary
+        metrics = training_metrics(params, trainer, space, diffusion, clips, text_encoder, train_seconds)
+        write_json(out_dir / "metrics.json", metrics)
+        metrics["checkpoint"] = str(path)
+    return context.broadcast(metrics)
 
 
 def training_metrics(params: TrainParams, trainer: Trainer, space: TargetSpace, diffusion: GaussianDiffusion,

@@ -1,10 +1,13 @@
 """One training loop for every model in dvdm (residual autoencoder, diffusion denoiser).
 
-What it owns: batching from an in-memory dataset with its own seeded generator, the optimizer, gradient
-clipping, AMP on CUDA, EMA, a NaN guard, periodic samples, complete checkpoints and bit-identical resume
-on CPU (model, EMA, optimizer, step, and every RNG the loop draws from are restored). What it does not
-own: the loss (a callable), the data preparation, and where metrics go (callbacks; `JsonlMetrics` writes
-the metrics.jsonl the pipeline replays into MLflow).
+What it owns: batching with its own seeded generator (from tensors in memory or arrays memory-mapped from
+disk, which are read a batch at a time), the optimizer, gradient clipping, AMP on CUDA, EMA, a NaN guard,
+periodic samples, complete checkpoints and bit-identical resume on CPU (model, EMA, optimizer, step, and
+every RNG the loop draws from are restored), and data-parallel training under `torchrun`
+(`dvdm.train.distributed`: each rank trains on its slice of every global batch, gradients averaged by
+DistributedDataParallel, rank 0 alone saves, samples and logs). What it does not own: the loss (a callable),
+the data preparation, and where metrics go (callbacks; `JsonlMetrics` writes the metrics.jsonl the pipeline
+replays into MLflow).
 """
 
 from __future__ import annotations
@@ -15,27 +18,45 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from dvdm.diffusion.noise import BatchShard
 from dvdm.errors import DvdmError
 from dvdm.train.checkpoint import FINGERPRINT_KEY, load_checkpoint, save_checkpoint
 from dvdm.train.device import amp_dtype, autocast, select_device
+from dvdm.train.distributed import distributed_context, process_device
 from dvdm.train.ema import EMA
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator | BatchShard], dict[str, torch.Tensor]]
+# a training set: equal-length tensors, or numpy arrays (np.load(..., mmap_mode="r") streams them from disk)
+TrainingData = Mapping[str, "torch.Tensor | np.ndarray"]
 SampleFn = Callable[[nn.Module, int, Path], list[Path]]
 
 
 class TrainingDiverged(DvdmError):
     """The loss stayed non-finite for too many consecutive steps."""
+
+
+class _LossModule(nn.Module):
+    """The model and its loss as one module, so DistributedDataParallel sees every loss (a forward pass or
+    not, e.g. the autoencoder's `loss` method) as its forward and averages the gradients of all of them."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[], LossFn]) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn  # looked up per call: the trainer's loss may be replaced
+
+    def forward(self, batch: dict[str, torch.Tensor], generator) -> dict[str, torch.Tensor]:
+        return self.loss_fn()(self.model, batch, generator)
 
 
 @dataclass
@@ -126,7 +147,9 @@ class JsonlMetrics:
 
 @dataclass
 class Trainer:
-    """Train `model` on `data` (a dict of tensors with a common first dimension) with `loss_fn`.
+    """Train `model` on `data` (tensors or numpy arrays, memory-mapped ones included, with a common first
+    dimension) with `loss_fn`. `config.batch_size` is the global batch: under torchrun each rank trains on
+    batch_size / world_size rows of it.
 
     `kind` and `checkpoint_config` go into every checkpoint's config.json (how to rebuild the model);
     `extra_weights` are saved beside the model (e.g. the autoencoder inside an ED-VDM checkpoint);
@@ -136,7 +159,7 @@ class Trainer:
 
     model: nn.Module
     loss_fn: LossFn
-    data: dict[str, torch.Tensor]
+    data: TrainingData
     config: TrainConfig
     out_dir: Path
     kind: str
@@ -148,8 +171,17 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        self.device = select_device(self.config.device)
+        device = select_device(self.config.device)
+        self.dist = distributed_context(device)
+        self.device = process_device(device, self.dist)
+        self.shard = self.dist.shard(self.config.batch_size)
+        if not self.dist.is_main:
+            self.callbacks, self.sample_fn = [], None  # rank 0 alone logs and samples
         self.model.to(self.device)
+        loss_module = _LossModule(self.model, lambda: self.loss_fn)
+        self.forward = (DistributedDataParallel(
+            loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled else loss_module)
         self.n = len(next(iter(self.data.values())))
         if self.n == 0:
             raise DvdmError("no training examples")
@@ -181,7 +213,14 @@ class Trainer:
             self._pos += take
             have += take
         index = torch.cat(idx) if len(idx) > 1 else idx[0]
-        return {k: v[index].to(self.device, non_blocking=True) for k, v in self.data.items()}
+        index = index[self.shard[0]:self.shard[1]]  # this rank's rows of the global batch
+        return {k: _rows(v, index).to(self.device, non_blocking=True) for k, v in self.data.items()}
+
+    def _generator(self) -> torch.Generator | BatchShard:
+        """The loss's random draws: the whole global batch's, of which this rank keeps its rows."""
+        if not self.dist.enabled:
+            return self.noise_gen
+        return BatchShard(self.noise_gen, *self.shard, self.config.batch_size)
 
     # -- state ----------------------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
@@ -192,7 +231,11 @@ class Trainer:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def save(self, path: Path | None = None) -> Path:
+        """Rank 0 writes the checkpoint; the other ranks wait until it is complete."""
         path = path or self.out_dir / "checkpoint"
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return path
         save_checkpoint(path, kind=self.kind,
                         config={**self.checkpoint_config, "train": _jsonable(asdict(self.config)),
                                 **({FINGERPRINT_KEY: self.fingerprint} if self.fingerprint else {})},
@@ -201,6 +244,7 @@ class Trainer:
                         trainer_state=self.trainer_state(), step=self.step)
         for cb in self.callbacks:
             cb.on_checkpoint(self.step, path)
+        self.dist.barrier()
         return path
 
     def resume(self, path: Path) -> None:
@@ -227,9 +271,9 @@ class Trainer:
         self.model.train()
         batch = self._next_batch()
         with autocast(self.device, self.amp):
-            out = self.loss_fn(self.model, batch, self.noise_gen)
+            out = self.forward(batch, self._generator())
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        if not self._all_finite(loss):
             self.nan_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.nan_steps >= self.config.max_nan_steps:
@@ -257,6 +301,26 @@ class Trainer:
         return ({k: float(v.detach()) for k, v in out.items() if v.ndim == 0}
                 | {"grad_norm": float(grad_norm), "lr": lr})
 
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: all ranks skip a step together (a rank that skipped
+        the backward pass alone would leave the others waiting in the gradient all-reduce)."""
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite)
+
+    def _out_of_time(self, started: float) -> bool:
+        """The compute budget, decided by rank 0 for every rank (their clocks differ)."""
+        if not self.config.max_seconds:
+            return False
+        return bool(self.dist.broadcast(time.perf_counter() - started >= self.config.max_seconds))
+
+    def _report(self, running: dict[str, float], count: int, started: float) -> None:
+        avg = self.dist.all_mean({k: v / count for k, v in running.items()})
+        avg["steps_per_second"] = self.step / max(time.perf_counter() - started, 1e-9)
+        for cb in self.callbacks:
+            cb.on_step(self.step, avg)
+
     def fit(self) -> Path:
         """Train to `config.steps` (or until `config.max_seconds` ran out); returns the final checkpoint path."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +329,7 @@ class Trainer:
         count = 0
         started = time.perf_counter()
         while self.step < cfg.steps:
-            if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
+            if self._out_of_time(started):
                 break
             metrics = self.train_step()
             self.step += 1
@@ -275,20 +339,14 @@ class Trainer:
                 count += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 if count:
-                    avg = {k: v / count for k, v in running.items()}
-                    avg["steps_per_second"] = self.step / max(time.perf_counter() - started, 1e-9)
-                    for cb in self.callbacks:
-                        cb.on_step(self.step, avg)
+                    self._report(running, count, started)
                 running, count = {}, 0
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step != cfg.steps:
                 self._sample()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps:
                 self.save()
         if count:  # a budget stop between two log points: report the partial window too
-            avg = {k: v / count for k, v in running.items()}
-            avg["steps_per_second"] = self.step / max(time.perf_counter() - started, 1e-9)
-            for cb in self.callbacks:
-                cb.on_step(self.step, avg)
+            self._report(running, count, started)
         path = self.save()
         self._sample()
         return path
@@ -299,6 +357,13 @@ class Trainer:
         paths = self.sample_fn(self.ema.model, self.step, self.out_dir / "samples")
         for cb in self.callbacks:
             cb.on_sample(self.step, paths)
+
+
+def _rows(values: torch.Tensor | np.ndarray, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` of a tensor, or of a numpy array (a memory-mapped one reads just these rows from disk)."""
+    if isinstance(values, torch.Tensor):
+        return values[index]
+    return torch.from_numpy(np.ascontiguousarray(values[index.numpy()]))
 
 
 def _jsonable(obj: Any) -> Any:
