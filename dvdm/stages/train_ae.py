@@ -10,7 +10,6 @@ frame's), our reading of the paper's Table 5.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +140,8 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
                                              "params": as_dict(params)},
                           callbacks=[JsonlMetrics(out_dir / "metrics.jsonl", cfg.steps)],
                           fingerprint=fingerprint)
-        if resume and (out_dir / "checkpoint").exists():
-            trainer.resume(out_dir / "checkpoint")
-        started = time.perf_counter()
-        path = trainer.fit()
-        seconds = time.perf_counter() - started
+        path = trainer.fit(resume=resume)
+    seconds = trainer.train_seconds
     if not context.is_main:  # rank 0 evaluates and writes; every rank returns its summary
         return context.broadcast(None)
     metrics = {"steps": trainer.step, "train_seconds": round(seconds, 2), "block": block,

@@ -293,11 +293,8 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
                           sample_fn=ProgressSamples(params, space, diffusion, clips, text_encoder, metrics_path),
                           callbacks=[JsonlMetrics(metrics_path, cfg.steps)], extra_weights=ae_weights,
                           fingerprint=fingerprint)
-        if resume and (out_dir / "checkpoint").exists():
-            trainer.resume(out_dir / "checkpoint")
-        started = time.perf_counter()
-        path = trainer.fit()
-        train_seconds = time.perf_counter() - started
+        path = trainer.fit(resume=resume)
+    train_seconds = trainer.train_seconds
 
     metrics = None
     if context.is_main:  # rank 0 evaluates and writes; every rank returns its summary

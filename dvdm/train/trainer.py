@@ -321,8 +321,11 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_step(self.step, avg)
 
-    def fit(self) -> Path:
-        """Train to `config.steps` (or until `config.max_seconds` ran out); returns the final checkpoint path."""
+    def fit(self, resume: bool = False) -> Path:
+        """Train to `config.steps` (or until `config.max_seconds` ran out); returns the final checkpoint path.
+        `resume`: continue from OUT/checkpoint when there is one. `train_seconds` is set afterwards."""
+        if resume and (self.out_dir / "checkpoint").exists():
+            self.resume(self.out_dir / "checkpoint")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.config
         running: dict[str, float] = {}
@@ -348,6 +351,7 @@ class Trainer:
         if count:  # a budget stop between two log points: report the partial window too
             self._report(running, count, started)
         path = self.save()
+        self.train_seconds = time.perf_counter() - started
         self._sample()
         return path
 
