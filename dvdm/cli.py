@@ -337,6 +337,10 @@ def pipeline(
                                            help="Register the model and run the promotion gate.")] = True,
     stage: Annotated[Optional[list[str]], typer.Option("--stage", help="Run only these stages (repeatable).")]
     = None,
+    placement: Annotated[Optional[str], typer.Option(
+        "--placement", help="local: every stage in this process; pools: each stage on its work pool "
+                            "(needs PREFECT_API_URL, MLFLOW_TRACKING_URI and placement.dvc_remote; README: Scale out). "
+                            "Default: params.yaml placement.mode.")] = None,
 ) -> None:
     """The main job: every stage as a Prefect flow with DVC skipping and MLflow tracking, then register/promote."""
     _apply_preset(project, preset)
@@ -353,7 +357,8 @@ def pipeline(
     with prefect_api(warmups):
         from flows.pipeline import pipeline as pipeline_flow
 
-        r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage)
+        r = pipeline_flow(project=str(project), force=force, register_model=register, stages=stage,
+                          placement=placement)
     for s in r["stages"]:
         state = "up to date, skipped" if s["skipped"] else f"ran in {s['seconds']}s"
         typer.echo(f"[{s['stage']:15s}] {state}")

@@ -164,9 +164,37 @@ class PromoteParams:
     relative: bool = False
 
 
+PLACEMENT_MODES = ("local", "pools")
+
+
+@dataclass
+class PlacementParams:
+    """Where the flows run each stage. No stage reads this section, so changing it reruns nothing.
+
+    local: every stage in the flow's own process (the embedded default). pools: each stage is a run of a
+    `dvdm-stage` deployment (`deployments`: stage name -> deployment, `default` for the rest), on that
+    deployment's work pool; workers clone the project from `git_url` (default: the project's `origin`) at
+    the orchestrator's commit and move data only through the DVC remote `dvc_remote` (any DVC remote URL)."""
+
+    mode: str = "local"
+    deployments: dict[str, str] = field(default_factory=lambda: {
+        "default": "dvdm-stage/cpu", "train-ae": "dvdm-stage/gpu", "train-diffusion": "dvdm-stage/gpu"})
+    dvc_remote: str = ""
+    git_url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in PLACEMENT_MODES:
+            raise ConfigError(f"placement.mode must be one of {', '.join(PLACEMENT_MODES)}, got {self.mode!r}")
+        if "default" not in self.deployments:
+            raise ConfigError("placement.deployments needs a `default` entry (the deployment of every other stage)")
+
+    def deployment(self, stage: str) -> str:
+        return self.deployments.get(stage, self.deployments["default"])
+
+
 SECTIONS = {"ingest": IngestParams, "decompose": DecomposeParams, "train_ae": TrainAEParams,
             "train": TrainParams, "evaluate": EvaluateParams,
-            "export": ExportParams, "promote": PromoteParams}
+            "export": ExportParams, "promote": PromoteParams, "placement": PlacementParams}
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:

@@ -37,6 +37,12 @@ class Stage:
     metrics: tuple[str, ...]
     params: tuple[str, ...]
     deps: tuple[str, ...] = ()
+    uncached: tuple[str, ...] = ()  # outs and metrics kept in git, not in the DVC cache (`cache: false`)
+
+
+def _uncached(entries: list[Any]) -> tuple[str, ...]:
+    return tuple(str(name) for e in entries or [] if isinstance(e, dict)
+                 for name, flags in e.items() if isinstance(flags, dict) and flags.get("cache") is False)
 
 
 def _names(entries: list[Any]) -> tuple[str, ...]:
@@ -56,7 +62,7 @@ def read_stages(project: Path) -> dict[str, Stage]:
     stages = {}
     for name, body in (doc.get("stages") or {}).items():
         stages[name] = Stage(name, _names(body.get("outs")), _names(body.get("metrics")), _names(body.get("params")),
-                             _names(body.get("deps")))
+                             _names(body.get("deps")), _uncached(body.get("outs")) + _uncached(body.get("metrics")))
     return stages
 
 
@@ -123,3 +129,55 @@ def data_hash(project: Path, stage_name: str = "ingest") -> str | None:
     doc = yaml.safe_load(lock.read_text()) or {}
     outs = ((doc.get("stages") or {}).get(stage_name) or {}).get("outs") or []
     return outs[0].get("md5") if outs else None
+
+
+# ------------------------------------------------------------------------------------ a shared remote
+
+
+def lock_entries(project: Path) -> dict[str, Any]:
+    """The `stages` of the project's dvc.lock (what DVC recorded each stage ran with and produced)."""
+    lock = Path(project) / "dvc.lock"
+    doc = yaml.safe_load(lock.read_text()) or {} if lock.is_file() else {}
+    return dict(doc.get("stages") or {})
+
+
+def write_lock_entries(project: Path, entries: dict[str, Any]) -> None:
+    """Merge `entries` into the project's dvc.lock (the stages another machine ran)."""
+    from dvdm.utils.atomic import write_text
+
+    lock = Path(project) / "dvc.lock"
+    doc = yaml.safe_load(lock.read_text()) or {} if lock.is_file() else {}
+    doc.setdefault("schema", "2.0")
+    doc["stages"] = {**(doc.get("stages") or {}), **entries}
+    write_text(lock, yaml.safe_dump(doc, sort_keys=False))
+
+
+def use_remote(project: Path, url: str, name: str = "shared") -> None:
+    """Make `url` the project's default DVC remote, in the untracked local config (`dvc remote add --local -d`)."""
+    with dvc_lock(project), _repo(project) as repo:
+        with repo.config.edit("local") as conf:
+            conf["remote"][name] = {"url": url}
+            conf["core"]["remote"] = name
+
+
+def pull_outputs(project: Path, stage_names: list[str], allow_missing: bool = False) -> None:
+    """Fetch the cached outputs of `stage_names` (as dvc.lock records them) from the default remote."""
+    if not stage_names:
+        return
+    with dvc_lock(project), _repo(project) as repo:
+        repo.pull(targets=list(stage_names), allow_missing=allow_missing)
+
+
+def push_outputs(project: Path, stage_name: str) -> None:
+    """Send a stage's cached outputs to the default remote."""
+    with dvc_lock(project), _repo(project) as repo:
+        repo.push(targets=[stage_name])
+
+
+def producers(stages: dict[str, Stage], stage: Stage) -> list[str]:
+    """The stages whose outputs `stage` depends on (what a worker must pull before running it)."""
+    def inside(dep: str, out: str) -> bool:
+        return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
+
+    return [s.name for s in stages.values() if s.name != stage.name
+            and any(inside(d, o) for d in stage.deps for o in s.outs)]

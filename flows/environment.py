@@ -65,6 +65,15 @@ def keep_user_errors_off_the_console() -> None:
                 handler.addFilter(UserErrorsOffTheConsole())
 
 
+PROJECT_ENV = "DVDM_PROJECT_DIR"
+
+
+def project_dir(project: str | None) -> Path:
+    """The project a flow run works on, resolved where the run executes (a worker): the `project` parameter,
+    else `$DVDM_PROJECT_DIR` in that process's environment, else its working directory."""
+    return Path(project or os.environ.get(PROJECT_ENV) or ".").resolve()
+
+
 @contextlib.contextmanager
 def working_directory(path: Path) -> Iterator[None]:
     """Stage commands use paths relative to the project root, as `dvc repro` runs them."""

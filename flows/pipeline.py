@@ -13,11 +13,11 @@ Tasks exchange paths, names, run ids and metric dicts only.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
-from flows.environment import configure
+from flows.environment import configure, project_dir
 
 configure()
 
@@ -25,10 +25,12 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from dvdm.config import as_dict  # noqa: E402
 from dvdm.errors import ConfigError  # noqa: E402
 from dvdm.stages.registry import STAGES  # noqa: E402
 from flows import tracking_tasks  # noqa: E402
-from flows.dvc_stages import data_hash, read_stages  # noqa: E402
+from flows import placement as placed  # noqa: E402
+from flows.dvc_stages import data_hash, read_stages, use_remote  # noqa: E402
 from flows.stage_task import run_stage  # noqa: E402
 
 
@@ -56,11 +58,14 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 
 @flow(name="dvdm-pipeline", log_prints=True)
-def pipeline(project: str = ".", force: bool = False, register_model: bool = True, stages: list[str] | None = None,
-             model_name: str = "dvdm") -> dict[str, Any]:
-    """Run the DVC stages of `project` in order (all, or `stages`), track them, register and promote."""
+def pipeline(project: str | None = None, force: bool = False, register_model: bool = True, stages: list[str] | None = None,
+             model_name: str = "dvdm", placement: str | None = None) -> dict[str, Any]:
+    """Run the DVC stages of `project` in order (all, or `stages`), track them, register and promote.
+
+    `placement` overrides params.yaml's `placement.mode`: `local` runs every stage in this flow's process,
+    `pools` sends each to its deployment's work pool (flows/placement.py)."""
     logger = get_run_logger()
-    root = Path(project).resolve()
+    root = project_dir(project)
     started = time.perf_counter()
     all_stages = read_stages(root)
     names = list(stages) if stages else list(all_stages)
@@ -71,13 +76,26 @@ def pipeline(project: str = ".", force: bool = False, register_model: bool = Tru
     if unregistered:  # found before anything runs, not after the stages before it
         raise ConfigError(f"dvc.yaml stage(s) {unregistered} have no function in dvdm.stages.registry")
     key = f"pipeline-{flow_run.get_id() or 'local'}"
+    settings = tracking_tasks.project_section(root, "placement")
+    if placement:
+        settings = dataclasses.replace(settings, mode=placement)
     parent = tracking_tasks.start_pipeline_run(str(root), key)
     results = []
     try:
+        if settings.mode == "pools":
+            placed.check_shared(settings, parent["tracking_uri"])
+            source = placed.project_source(root, settings)
+            use_remote(root, settings.dvc_remote)
+            logger.info("placing stages on work pools: %s at %s, data through %s", *source, settings.dvc_remote)
         for name in names:
-            res = run_stage(str(root), name, force=force)
-            tracking_tasks.log_stage(str(root), parent, res)
+            if settings.mode == "pools":
+                res = placed.run_placed_stage(str(root), name, as_dict(settings), source, parent, force=force)
+            else:
+                res = run_stage(str(root), name, force=force)
+                tracking_tasks.log_stage(str(root), parent, res)
             results.append(res)
+        if settings.mode == "pools":
+            placed.fetch_for_registration(str(root))
         out: dict[str, Any] = {"stages": results, "mlflow_run_id": parent["run_id"],
                                "tracking_uri": parent["tracking_uri"], "data_hash": data_hash(root)}
         if register_model and "export" in all_stages and "export" in names:

@@ -6,10 +6,9 @@ metrics with the champion's; only a win moves the `champion` alias, and the deci
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from flows.environment import configure
+from flows.environment import configure, project_dir
 
 configure()
 
@@ -21,9 +20,9 @@ from flows.tracking_tasks import client_for, project_section  # noqa: E402
 
 
 @flow(name="dvdm-promote", log_prints=True)
-def promote(project: str = ".", version: str = registry.CHALLENGER, model_name: str = registry.MODEL_NAME,
+def promote(project: str | None = None, version: str = registry.CHALLENGER, model_name: str = registry.MODEL_NAME,
             metric: str | None = None, direction: str | None = None, margin: float | None = None) -> dict[str, Any]:
-    root = Path(project).resolve()
+    root = project_dir(project)
     client = client_for(root)
     mv = registry.get_version(client, version, model_name)
     gate = Gate.from_params(project_section(root, "promote"), metric, direction, margin)

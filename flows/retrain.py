@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.environment import configure
+from flows.environment import configure, project_dir
 
 configure()
 
@@ -37,8 +37,8 @@ def data_changed(root: Path, model_name: str) -> tuple[bool, str]:
 
 
 @flow(name="dvdm-retrain", log_prints=True)
-def retrain(project: str = ".", force: bool = False, model_name: str = registry.MODEL_NAME) -> dict[str, Any]:
-    root = Path(project).resolve()
+def retrain(project: str | None = None, force: bool = False, model_name: str = registry.MODEL_NAME) -> dict[str, Any]:
+    root = project_dir(project)
     changed, why = data_changed(root, model_name)
     logger = get_run_logger()
     if not (changed or force):

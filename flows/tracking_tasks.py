@@ -89,7 +89,8 @@ def log_stage(project: str, parent: dict[str, Any], result: dict[str, Any]) -> s
     root = Path(project)
     stage = read_stages(root)[result["stage"]]
     with runs.tracked_run(client, result["stage"], parent_run_id=parent["run_id"], name=result["stage"],
-                          tags={"dvdm.stage": stage.name, "dvdm.skipped": str(result["skipped"]).lower()}) as rid:
+                          tags={"dvdm.stage": stage.name, "dvdm.skipped": str(result["skipped"]).lower(),
+                                **{f"dvdm.worker.{k}": v for k, v in result.get("worker", {}).items()}}) as rid:
         params = project_params(root)
         config = {p: params.get(p.replace("-", "_"), params.get(p)) for p in stage.params}
         runs.log_config(client, rid, {k: v for k, v in config.items() if v is not None}, artifact_file="params.json")

@@ -63,3 +63,7 @@ def mlflow_store(tmp_path_factory):
         return open_client(f"sqlite:///{dest / 'mlflow.db'}")
 
     return make
+
+
+# the team-scale servers (PostgreSQL, MLflow and Prefect on it): one set per session, shared by every module
+from team_servers import mlflow_server, postgres, prefect_server  # noqa: E402,F401

@@ -68,3 +68,12 @@ def test_stages_run_from_the_project_root_with_its_params_file(tmp_path, monkeyp
     assert results["ingest"]["clips"] == 4 and Path("data/ingested/summary.json").is_file()
     written = json.loads(Path("metrics/decompose.json").read_text())
     assert written == json.loads(json.dumps(headline_metrics(results["decompose"])))
+
+
+def test_every_stage_command_is_the_dvc_yaml_command():
+    """A placed stage runs `dvdm <arguments()>` on its worker; `dvc repro` runs dvc.yaml's cmd: the same."""
+    from dvdm.stages.registry import STAGES
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    for name, stage in STAGES.items():
+        assert shlex.split(stages[name]["cmd"]) == ["dvdm", *stage.arguments()], name

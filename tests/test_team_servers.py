@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from team_servers import ServerURL, mlflow_server, postgres, prefect_server, start_postgres  # noqa: F401
+from team_servers import ServerURL, start_postgres  # noqa: F401  (the server fixtures: conftest.py)
 
 pytestmark = pytest.mark.slow
 

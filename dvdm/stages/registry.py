@@ -45,6 +45,13 @@ class PipelineStage:
         """The project path the stage uses for option `key` (the CLI's default for it)."""
         return Path(self.paths[key])
 
+    def arguments(self) -> list[str]:
+        """The arguments of its `dvdm` command as dvc.yaml runs it (the same paths; a test checks dvc.yaml)."""
+        args = [self.command, "--params", str(PARAMS_FILE)]
+        for key, path in self.paths.items():
+            args += [f"--{key}", path]
+        return args
+
     def load_params(self, params_file: str | Path | None, overrides: Sequence[str] = ()) -> Any:
         """The stage's typed params section (defaults when `params_file` is None)."""
         return section(params_file, self.section, list(overrides))
