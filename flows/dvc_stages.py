@@ -121,13 +121,15 @@ def commit_stage(project: Path, stage: Stage) -> None:
                 s.ignore_outs()
 
 
+def _read_lock(project: Path) -> dict[str, Any]:
+    """The project's dvc.lock as a dict ({} when there is none yet)."""
+    lock = Path(project) / "dvc.lock"
+    return (yaml.safe_load(lock.read_text()) or {}) if lock.is_file() else {}
+
+
 def data_hash(project: Path, stage_name: str = "ingest") -> str | None:
     """The DVC hash of a stage's first output as recorded in dvc.lock (the data version a model saw)."""
-    lock = Path(project) / "dvc.lock"
-    if not lock.is_file():
-        return None
-    doc = yaml.safe_load(lock.read_text()) or {}
-    outs = ((doc.get("stages") or {}).get(stage_name) or {}).get("outs") or []
+    outs = (lock_entries(project).get(stage_name) or {}).get("outs") or []
     return outs[0].get("md5") if outs else None
 
 
@@ -136,20 +138,17 @@ def data_hash(project: Path, stage_name: str = "ingest") -> str | None:
 
 def lock_entries(project: Path) -> dict[str, Any]:
     """The `stages` of the project's dvc.lock (what DVC recorded each stage ran with and produced)."""
-    lock = Path(project) / "dvc.lock"
-    doc = yaml.safe_load(lock.read_text()) or {} if lock.is_file() else {}
-    return dict(doc.get("stages") or {})
+    return dict(_read_lock(project).get("stages") or {})
 
 
 def write_lock_entries(project: Path, entries: dict[str, Any]) -> None:
     """Merge `entries` into the project's dvc.lock (the stages another machine ran)."""
     from dvdm.utils.atomic import write_text
 
-    lock = Path(project) / "dvc.lock"
-    doc = yaml.safe_load(lock.read_text()) or {} if lock.is_file() else {}
+    doc = _read_lock(project)
     doc.setdefault("schema", "2.0")
     doc["stages"] = {**(doc.get("stages") or {}), **entries}
-    write_text(lock, yaml.safe_dump(doc, sort_keys=False))
+    write_text(Path(project) / "dvc.lock", yaml.safe_dump(doc, sort_keys=False))
 
 
 def use_remote(project: Path, url: str, name: str = "shared") -> None:

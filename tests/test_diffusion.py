@@ -564,3 +564,23 @@ def test_cuda_matches_cpu():
     x0 = torch.randn(3, 2, device="cuda")
     out = d.training_loss(lambda x, t: x, x0, generator=gens(1, 2, 3))
     assert out["loss"].device.type == "cuda" and out["t"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_batch_shards_draw_what_one_process_draws(world):
+    """The shards of a global batch, each drawn from an equal generator, concatenate to the single-process draw
+    (what makes N data-parallel processes train the model one process trains)."""
+    from dvdm.diffusion.noise import BatchShard, rand, randint, randn
+
+    total, per = 8, 8 // world
+
+    def draws(gen, n):
+        return randint(1000, n, gen), rand(n, gen), randn((n, 3, 2), gen)
+
+    whole = draws(torch.Generator().manual_seed(7), total)
+    shards = [draws(BatchShard(torch.Generator().manual_seed(7), r * per, (r + 1) * per, total), per)
+              for r in range(world)]
+    for i, expected in enumerate(whole):
+        torch.testing.assert_close(torch.cat([s[i] for s in shards]), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shard"):
+        rand(per + 1, BatchShard(torch.Generator(), 0, per, total))

@@ -65,33 +65,28 @@ def randn(
     return out.to(device=device, dtype=dtype)
 
 
+def _per_row(draw, batch: int, generator: Generators, device) -> torch.Tensor:
+    """`batch` values of `draw(n, generator=, device=)` (a 1-D torch sampler) under the conventions of `randn`."""
+    if isinstance(generator, BatchShard):
+        generator.check(batch)
+        return _per_row(draw, generator.total, generator.generator, device)[generator.start:generator.stop]
+    gens = _as_list(generator, batch)
+    if generator is None:
+        return draw(batch, device=device)
+    if gens is None:
+        out = draw(batch, generator=generator, device=generator.device)
+    else:
+        out = torch.cat([draw(1, generator=g, device=g.device) for g in gens])
+    return out.to(device)
+
+
 def randint(
     high: int, batch: int, generator: Generators = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """`batch` uniform int64 values in [0, high), with the same generator conventions as `randn`."""
-    if isinstance(generator, BatchShard):
-        generator.check(batch)
-        return randint(high, generator.total, generator.generator, device)[generator.start:generator.stop]
-    gens = _as_list(generator, batch)
-    if generator is None:
-        return torch.randint(0, high, (batch,), device=device)
-    if gens is None:
-        out = torch.randint(0, high, (batch,), generator=generator, device=generator.device)
-    else:
-        out = torch.cat([torch.randint(0, high, (1,), generator=g, device=g.device) for g in gens])
-    return out.to(device)
+    return _per_row(lambda n, **kw: torch.randint(0, high, (n,), **kw), batch, generator, device)
 
 
 def rand(batch: int, generator: Generators = None, device: torch.device | str | None = None) -> torch.Tensor:
     """`batch` uniform float32 values in [0, 1), with the same generator conventions as `randn`."""
-    if isinstance(generator, BatchShard):
-        generator.check(batch)
-        return rand(generator.total, generator.generator, device)[generator.start:generator.stop]
-    gens = _as_list(generator, batch)
-    if generator is None:
-        return torch.rand(batch, device=device)
-    if gens is None:
-        out = torch.rand(batch, generator=generator, device=generator.device)
-    else:
-        out = torch.cat([torch.rand(1, generator=g, device=g.device) for g in gens])
-    return out.to(device)
+    return _per_row(lambda n, **kw: torch.rand(n, **kw), batch, generator, device)
