@@ -51,6 +51,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the server has not exited within 30 s."""
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def register(client, export: Path, key: str) -> str:
     run = start_run(client, "dvdm-serve-load", key)
     registry.upload_model(client, run, export)
@@ -148,11 +157,7 @@ def main() -> int:
             print(f"concurrency {concurrency}: {len(ok)}/{len(results)} ok", file=sys.stderr)
         rss_end = rss_mb(server.pid)
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'conc':>4s} {'reqs':>4s} {'ok':>4s} {'err':>3s} {'429':>3s} {'p50 s':>6s} {'p95 s':>6s} {'p99 s':>6s} "
           f"{'req/s':>6s} {'RSS MB before->after':>21s}  versions")

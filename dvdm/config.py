@@ -150,6 +150,7 @@ class ExportParams:
     steps: int = 25                  # sampler defaults written into the manifest
     guidance: float = 2.0
     eta: float = 0.0
+    sampler: str = "ddim"            # ddim | dpm++ (DPM-Solver++(2M), deterministic: eta 0)
     parity_steps: int = 8            # end-to-end ORT vs torch check
     min_psnr: float = 40.0           # the export fails below this end-to-end PSNR
 

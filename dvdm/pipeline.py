@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dvdm.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, batched_guidance
+from dvdm.diffusion import DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiffusion, batched_guidance
 from dvdm.errors import ConfigError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.runtime.image import IMAGE_DIVIDE, IMAGE_SUBTRACT
@@ -24,7 +24,7 @@ from dvdm.spaces.ae_codec import autoencoder_codec
 from dvdm.train.checkpoint import load_checkpoint
 from dvdm.train.device import autocast, inference_dtype, select_device
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++")
 
 
 def image_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -109,7 +109,7 @@ class VideoPipeline:
                 out = self.model(x, tt, **cond, drop_text=drop_off if text is not None else None)
             return out.float()  # the sampler's arithmetic stays float32 under autocast
 
-        s = DDIMSampler(self.diffusion) if sampler == "ddim" else DDPMSampler(self.diffusion)
+        s = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "dpm++": DPMSolverSampler}[sampler](self.diffusion)
         gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
         # one autocast region for the whole loop: its cache of low-precision weights lives as long as it does
         with autocast(self.device, self._autocast_dtype):

@@ -28,7 +28,7 @@ class ServeSettings:
     tracking_uri: str | None = None      # MLflow store for `models:/` refs (None: dvdm.tracking's default resolution)
     model_cache: str | None = None       # where registry versions are downloaded (None: a temp folder per process)
     provider: str = "auto"               # onnxruntime provider preference: auto | cuda | cpu
-    threads: int | None = None           # onnxruntime intra-op threads per session (None: onnxruntime's default)
+    threads: int | None = None           # onnxruntime intra-op threads per session (None: the CPUs we may use)
     poll_interval: float = 30.0          # seconds between registry alias checks (0: never; local folders never poll)
     warmup: bool = True                  # run a 1-step generation on a newly loaded model before it serves
     # --- request limits

@@ -119,10 +119,11 @@ def test_timesteps_are_torch_linspace_rounded():
                                   torch.linspace(999, 0, 37, dtype=torch.float64).numpy())
 
 
+@pytest.mark.parametrize("solver", ["ddim", "dpm++"])
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
-def test_numpy_ddim_matches_torch_ddim(prediction):
+def test_numpy_sampler_matches_torch_sampler(prediction, solver):
     torch = pytest.importorskip("torch")
-    from dvdm.diffusion import DDIMSampler, GaussianDiffusion
+    from dvdm.diffusion import DDIMSampler, DPMSolverSampler, GaussianDiffusion
 
     diffusion = GaussianDiffusion.create("cosine", 100, prediction=prediction)
     rng = np.random.default_rng(0)
@@ -135,9 +136,12 @@ def test_numpy_ddim_matches_torch_ddim(prediction):
     def torch_model(x, t):
         return torch.from_numpy(np_model(x.numpy(), int(t[0])))
 
-    ref = DDIMSampler(diffusion).sample(torch_model, noise.shape, num_steps=7, noise=torch.from_numpy(noise))
-    ours = DDIM(diffusion.alphas_cumprod.tolist(), prediction).sample(np_model, noise, 7)
+    sampler = {"ddim": DDIMSampler, "dpm++": DPMSolverSampler}[solver](diffusion)
+    ref = sampler.sample(torch_model, noise.shape, num_steps=7, noise=torch.from_numpy(noise))
+    ours = DDIM(diffusion.alphas_cumprod.tolist(), prediction).sample(np_model, noise, 7, solver=solver)
     np.testing.assert_allclose(ours, ref.numpy(), rtol=0, atol=1e-5)
+    if solver != "ddim":  # a different method, not a relabelled DDIM
+        assert np.abs(ours - DDIM(diffusion.alphas_cumprod.tolist(), prediction).sample(np_model, noise, 7)).max() > 1e-3
 
 
 def test_ddim_rejects_bad_requests():
@@ -146,6 +150,11 @@ def test_ddim_rejects_bad_requests():
         ddim.sample(lambda x, t: x, np.zeros((1, 1), np.float32), 4)
     with pytest.raises(ValueError, match="eta"):
         ddim.sample(lambda x, t: x, np.zeros((1, 1), np.float32), 2, eta=-1)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        ddim.sample(lambda x, t: x, np.zeros((1, 1), np.float32), 2, solver="euler")
+    with pytest.raises(ValueError, match="deterministic"):
+        ddim.sample(lambda x, t: x, np.zeros((1, 1), np.float32), 2, eta=0.5, solver="dpm++",
+                    rngs=[np.random.default_rng(0)])
     with pytest.raises(ManifestError):
         DDIM([0.9, 0.5], "score")
 

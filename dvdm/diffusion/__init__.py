@@ -3,7 +3,7 @@
 from dvdm.diffusion.gaussian import LOSS_WEIGHTINGS, PREDICTIONS, GaussianDiffusion, ModelFn
 from dvdm.diffusion.guidance import batched_guidance
 from dvdm.diffusion.noise import randint, randn
-from dvdm.diffusion.samplers import DDIMSampler, DDPMSampler, spaced_timesteps
+from dvdm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, spaced_timesteps
 from dvdm.diffusion.schedules import SCHEDULES, cosine_betas, linear_betas, make_betas
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "SCHEDULES",
     "DDIMSampler",
     "DDPMSampler",
+    "DPMSolverSampler",
     "GaussianDiffusion",
     "ModelFn",
     "batched_guidance",

@@ -7,6 +7,8 @@ first model call sees (almost) pure noise and the last step returns the predicte
   `SpacedDiffusion`): the betas of the shorter chain are recomputed from alphas_cumprod at the visited
   timesteps, so every step still uses a proper posterior q(x_{t_prev} | x_t, x0).
 - `DDIMSampler`: Song et al. 2021; eta = 0 is deterministic, eta = 1 has DDPM's posterior variance.
+- `DPMSolverSampler`: DPM-Solver++(2M) (Lu et al. 2022), deterministic; its coefficients are the runtime
+  core's (`dvdm.runtime.dpm_solver`), so the service's numpy loop takes the same steps.
 
 The prediction type (eps / v / x0) comes from the `GaussianDiffusion` object.
 """
@@ -20,6 +22,7 @@ import torch
 from dvdm.diffusion.gaussian import GaussianDiffusion, ModelFn
 from dvdm.diffusion.noise import Generators, randn
 from dvdm.runtime.ddim import check_eta, ddim_coefficients, split_prediction
+from dvdm.runtime.dpm_solver import dpm_solver_coefficients
 from dvdm.runtime.ddim import spaced_timesteps as runtime_spaced_timesteps
 
 Progress = Callable[[int, int], None]
@@ -171,4 +174,31 @@ class DDIMSampler(_Sampler):
         x_prev = step.c_x0 * x0 + step.c_eps * eps
         if step.sigma > 0:
             x_prev = x_prev + step.sigma * randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return x_prev
+
+
+class DPMSolverSampler(_Sampler):
+    """DPM-Solver++(2M): second-order multistep on the predicted x0 (see `dvdm.runtime.dpm_solver`).
+
+    Keeps the previous step's x0 prediction; `set_timesteps` (called by `sample`) forgets it.
+    """
+
+    def set_timesteps(self, num_steps: int) -> None:
+        super().set_timesteps(num_steps)
+        self._previous_x0: torch.Tensor | None = None
+
+    def step(
+        self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators = None
+    ) -> torch.Tensor:
+        """One DPM-Solver++ update from original-chain timestep `t` to the next one in `timesteps`."""
+        index, t_batch = self._begin_step(model_output, t, x_t)
+        d = self.diffusion
+        x0 = self._clip(split_prediction(d.prediction, x_t, model_output, d.coefficients(t_batch, x_t))[0])
+        c = dpm_solver_coefficients(d.alphas_cumprod, self.timesteps, index)  # float64 Python floats
+        if c.c_prev and self._previous_x0 is None:
+            raise ValueError("DPM-Solver++ steps must run in order from the first timestep")
+        x_prev = c.c_x * x_t + c.c_x0 * x0
+        if c.c_prev:
+            x_prev = x_prev + c.c_prev * self._previous_x0
+        self._previous_x0 = x0
         return x_prev

@@ -35,6 +35,7 @@ from dvdm.export.graphs import (
     ResidualDecoderGraph,
     export_graph,
 )
+from dvdm.runtime.ddim import SOLVERS
 from dvdm.runtime.decode import needs_residual_decoder
 from dvdm.runtime.image import IMAGE_DIVIDE, IMAGE_SUBTRACT
 from dvdm.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, file_entries, sha256_file
@@ -78,8 +79,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p / "checkpoint" if (p / "checkpoint" / "config.json").is_file() else p
 
 
-def _check_settings(opset: int, steps: int, guidance: float, eta: float, num_timesteps: int) -> None:
+def _check_settings(opset: int, steps: int, guidance: float, eta: float, num_timesteps: int,
+                    sampler: str = "ddim") -> None:
     problems = []
+    if sampler not in SOLVERS:
+        problems.append(f"sampler must be one of {', '.join(SOLVERS)}, got {sampler!r}")
+    elif sampler != "ddim" and isinstance(eta, (int, float)) and eta > 0:
+        problems.append(f"sampler {sampler} is deterministic: eta must be 0, got {eta!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         problems.append(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
@@ -93,14 +99,15 @@ def _check_settings(opset: int, steps: int, guidance: float, eta: float, num_tim
 
 
 def export_model(checkpoint_dir: str | Path, out_dir: str | Path, *, weights: str = "ema", opset: int = MIN_OPSET,
-                 steps: int = 25, guidance: float = 1.0, eta: float = 0.0, parity: bool = True,
+                 steps: int = 25, guidance: float = 1.0, eta: float = 0.0, sampler: str = "ddim", parity: bool = True,
                  parity_steps: int = 8, parity_guidance: float | None = None, parity_samples: int = 2,
                  min_psnr: float = 40.0, graph_tolerance: float = 1e-3, parity_json: str | Path | None = None,
                  threads: int | None = None) -> ExportResult:
     """Export a trained diffusion checkpoint to `out_dir` (replaced atomically) and check its parity.
 
     checkpoint_dir: a train-diffusion run directory or its `checkpoint/` folder. weights: "ema" (what
-    sampling uses) or "model". steps / guidance / eta: the sampler defaults written to the manifest
+    sampling uses) or "model". steps / guidance / eta / sampler (ddim | dpm++): the sampler defaults written
+    to the manifest
     (serving uses them when a request gives none). parity: run the checks (parity.py); a failed check
     raises ExportError and leaves `out_dir` as it was. parity_steps / parity_guidance (default: 2.0 for text
     models, so the guided branch runs, else 1.0) / parity_samples: the end-to-end run; min_psnr: its
@@ -114,7 +121,7 @@ def export_model(checkpoint_dir: str | Path, out_dir: str | Path, *, weights: st
     ckpt_dir = resolve_checkpoint(checkpoint_dir)
     pipe = VideoPipeline.from_checkpoint(ckpt_dir, device="cpu", weights=weights)
     pipe.model.eval()
-    _check_settings(opset, steps, guidance, eta, pipe.diffusion.num_timesteps)
+    _check_settings(opset, steps, guidance, eta, pipe.diffusion.num_timesteps, sampler)
     config = json.loads((ckpt_dir / "config.json").read_text())
     spec = _check_model(pipe, config, ckpt_dir)
     out_dir = Path(out_dir)
@@ -124,7 +131,7 @@ def export_model(checkpoint_dir: str | Path, out_dir: str | Path, *, weights: st
         if pipe.model.text_mlp is not None:
             text_block, extra_files = _export_text(pipe, tmp, opset, graphs, modules)
         manifest = _manifest(pipe, spec, ckpt_dir, config, weights, opset, graphs, text_block,
-                             sampler={"name": "ddim", "steps": steps, "guidance": float(guidance), "eta": float(eta),
+                             sampler={"name": sampler, "steps": steps, "guidance": float(guidance), "eta": float(eta),
                                       "timesteps": "round(linspace(T-1, 0, steps))"},
                              files=file_entries(tmp, [g["file"] for g in graphs.values()] + extra_files))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -134,7 +141,7 @@ def export_model(checkpoint_dir: str | Path, out_dir: str | Path, *, weights: st
             report = _parity(pipe, tmp, modules, spec, graph_tolerance=graph_tolerance,
                              steps=min(parity_steps, pipe.diffusion.num_timesteps),
                              guidance=default_guidance if parity_guidance is None else parity_guidance,
-                             samples=parity_samples, min_psnr=min_psnr, threads=threads)
+                             samples=parity_samples, min_psnr=min_psnr, threads=threads, sampler=sampler)
             (tmp / PARITY).write_text(json.dumps(report, indent=2) + "\n")
             manifest["parity"] = {"passed": report["passed"], "psnr_db": report["end_to_end"]["psnr_db"],
                                   "graphs": {k: v["max_abs_diff"] for k, v in report["graphs"].items()}}
@@ -286,7 +293,8 @@ def _manifest(pipe, spec: dict[str, Any], ckpt_dir: Path, config: dict[str, Any]
 
 
 def _parity(pipe, folder: Path, modules: Modules, spec: dict[str, Any], *, graph_tolerance: float, steps: int,
-            guidance: float, samples: int, min_psnr: float, threads: int | None) -> dict[str, Any]:
+            guidance: float, samples: int, min_psnr: float, threads: int | None,
+            sampler: str = "ddim") -> dict[str, Any]:
     import onnxruntime as ort
 
     from dvdm.export.parity import end_to_end, graph_parity, parity_first_frames, tokenizer_parity
@@ -303,7 +311,8 @@ def _parity(pipe, folder: Path, modules: Modules, spec: dict[str, Any], *, graph
     prompts = [E2E_PROMPTS[i % len(E2E_PROMPTS)] for i in range(len(firsts))] \
         if pipe.text_encoder is not None else None
     report["end_to_end"] = end_to_end(pipe, ort_pipe, first_frames=firsts, prompts=prompts, steps=steps,
-                                      guidance=guidance, seeds=list(range(len(firsts))), min_psnr=min_psnr)
+                                      guidance=guidance, seeds=list(range(len(firsts))), min_psnr=min_psnr,
+                                      sampler=sampler)
     report["passed"] = bool(all(g["passed"] for g in report["graphs"].values())
                             and all(report[k]["passed"] for k in ("end_to_end", "tokenizer") if k in report))
     return report

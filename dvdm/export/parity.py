@@ -71,8 +71,8 @@ def parity_first_frames(n: int, height: int, width: int, seed: int = 0) -> np.nd
 
 
 def end_to_end(torch_pipe, ort_pipe, *, first_frames: np.ndarray, prompts: list[str] | None, steps: int,
-               guidance: float, seeds: list[int], min_psnr: float) -> dict[str, Any]:
-    """Same first frames, prompts and starting noise through both pipelines (DDIM, eta 0)."""
+               guidance: float, seeds: list[int], min_psnr: float, sampler: str = "ddim") -> dict[str, Any]:
+    """Same first frames, prompts and starting noise through both pipelines (`sampler`, eta 0)."""
     from dvdm.diffusion.noise import randn
 
     b = len(first_frames)
@@ -80,16 +80,17 @@ def end_to_end(torch_pipe, ort_pipe, *, first_frames: np.ndarray, prompts: list[
     # exactly the noise VideoPipeline.sample_targets draws: one fresh CPU generator per seed
     noise = randn(shape, [torch.Generator().manual_seed(int(s)) for s in seeds], "cpu").numpy()
     started = time.perf_counter()
-    t_targets = torch_pipe.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, seeds=seeds)
+    t_targets = torch_pipe.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, seeds=seeds,
+                                          sampler=sampler)
     t_videos = torch_pipe.decode(t_targets, first_frames)
     torch_seconds = time.perf_counter() - started
     started = time.perf_counter()
     o_targets = ort_pipe.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, eta=0.0,
-                                        seeds=seeds, noise=noise)
+                                        seeds=seeds, noise=noise, sampler=sampler)
     o_videos = ort_pipe.decode(o_targets, first_frames)
     ort_seconds = time.perf_counter() - started
     value = psnr(t_videos[:, 1:], o_videos[:, 1:])
-    return {"samples": b, "steps": steps, "guidance": guidance, "seeds": list(seeds), "sampler": "ddim", "eta": 0.0,
+    return {"samples": b, "steps": steps, "guidance": guidance, "seeds": list(seeds), "sampler": sampler, "eta": 0.0,
             "noise": "torch per-seed generators, injected into the ORT pipeline",
             "target_max_abs_diff": float(np.abs(t_targets.float().cpu().numpy() - o_targets).max()),
             "frames_max_abs_diff": int(np.abs(t_videos.astype(np.int16) - o_videos.astype(np.int16)).max()),

@@ -7,7 +7,8 @@
   prediction type (eps, v or x0), given the schedule coefficients at t. Plain arithmetic: numpy arrays with
   float32 scalars (the service) or torch tensors with broadcast coefficient tensors (`dvdm.diffusion`).
 - `ddim_coefficients`: the per-step scalars of the update x_prev = c_x0 x0 + c_eps eps + sigma z.
-- `DDIM`: the service's numpy sampling loop over these (the torch samplers live in `dvdm.diffusion`).
+- `DDIM`: the service's numpy sampling loop over these, or over DPM-Solver++(2M)'s coefficients
+  (`dvdm.runtime.dpm_solver`); the torch samplers live in `dvdm.diffusion`.
 
 Notation: alpha_bar_t = prod_{s<=t} (1 - beta_s); x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps;
 v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho 2022).
@@ -21,9 +22,11 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from dvdm.runtime.dpm_solver import dpm_solver_coefficients
 from dvdm.runtime.errors import GenerationCancelled, InvalidRequest, ManifestError
 
 PREDICTIONS = ("eps", "v", "x0")
+SOLVERS = ("ddim", "dpm++")  # what the numpy loop runs (dpm++: `dvdm.runtime.dpm_solver`)
 Array = TypeVar("Array")
 ModelFn = Callable[[np.ndarray, int], np.ndarray]
 
@@ -118,6 +121,15 @@ def check_eta(eta: float) -> float:
     return float(eta)
 
 
+def check_solver(solver: str, eta: float = 0.0) -> str:
+    """InvalidRequest unless `solver` is a known deterministic-or-DDIM choice consistent with `eta`."""
+    if solver not in SOLVERS:
+        raise InvalidRequest(f"sampler must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if solver != "ddim" and eta > 0:
+        raise InvalidRequest(f"sampler {solver} is deterministic: eta must be 0, got {eta}")
+    return solver
+
+
 class DDIM:
     """The numpy DDIM sampler on an exported schedule; eta = 0 is deterministic.
 
@@ -146,15 +158,18 @@ class DDIM:
     def sample(self, model_fn: ModelFn, noise: np.ndarray, steps: int, eta: float = 0.0,
                rngs: Sequence[np.random.Generator] | None = None,
                progress: Callable[[int, int], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+               should_stop: Callable[[], bool] | None = None, solver: str = "ddim") -> np.ndarray:
         """Run the chain from x_{T-1} = `noise` (B, ...) and return x0. `rngs` (one per sample) draw the
         extra noise when eta > 0. `should_stop` is asked before every step; when it says True the chain is
-        abandoned with GenerationCancelled (a step is the finest point where work can stop)."""
+        abandoned with GenerationCancelled (a step is the finest point where work can stop). `solver`: "ddim"
+        (eta >= 0) or "dpm++" (`dvdm.runtime.dpm_solver`, deterministic: eta must be 0)."""
         eta = check_eta(eta)
+        check_solver(solver, eta)
         if eta > 0 and (rngs is None or len(rngs) != len(noise)):
             raise InvalidRequest("eta > 0 needs one random generator per sample")
         timesteps = spaced_timesteps(self.num_timesteps, steps)
         x = np.asarray(noise, np.float32)
+        previous_x0 = None
         for i, t in enumerate(timesteps.tolist()):
             if should_stop is not None and should_stop():
                 raise GenerationCancelled(f"generation cancelled after {i} of {len(timesteps)} steps")
@@ -162,12 +177,17 @@ class DDIM:
             if out.shape != x.shape:
                 raise RuntimeError(f"denoiser output {out.shape} != x_t {x.shape}")
             x0, eps = self.x0_and_eps(x, t, out)
-            step = ddim_coefficients(self.alphas_cumprod, timesteps, i, eta)
-            x = step.c_x0 * x0 + step.c_eps * eps
-            if step.sigma > 0:
-                assert rngs is not None
-                z = np.stack([g.standard_normal(x.shape[1:], dtype=np.float32) for g in rngs])
-                x = x + step.sigma * z
+            if solver == "dpm++":
+                c = dpm_solver_coefficients(self.alphas_cumprod, timesteps, i)
+                x = c.c_x * x + c.c_x0 * x0 + (c.c_prev * previous_x0 if c.c_prev else 0.0)
+                previous_x0 = x0
+            else:
+                step = ddim_coefficients(self.alphas_cumprod, timesteps, i, eta)
+                x = step.c_x0 * x0 + step.c_eps * eps
+                if step.sigma > 0:
+                    assert rngs is not None
+                    z = np.stack([g.standard_normal(x.shape[1:], dtype=np.float32) for g in rngs])
+                    x = x + step.sigma * z
             x = x.astype(np.float32, copy=False)
             if progress is not None:
                 progress(i, len(timesteps))

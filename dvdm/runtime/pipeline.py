@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dvdm.runtime.ddim import DDIM
+from dvdm.runtime.ddim import DDIM, SOLVERS
 from dvdm.runtime.decode import check_spec, decode_target, needs_residual_decoder
 from dvdm.runtime.errors import InvalidRequest, ManifestError
 from dvdm.runtime.guidance import check_guidance, guide
@@ -61,6 +61,9 @@ class OrtVideoPipeline:
         diffusion = manifest["diffusion"]
         self.ddim = DDIM(diffusion["alphas_cumprod"], diffusion["prediction"])
         self.defaults = dict(manifest["sampler"])
+        if self.defaults.get("name", "ddim") not in SOLVERS:
+            raise ManifestError(f"{export_dir}: sampler.name must be one of {SOLVERS}, got "
+                                f"{self.defaults.get('name')!r}")
         self.image = manifest["image"]
         if self.image.get("resize") not in RESIZE_POLICIES:
             raise ManifestError(f"{export_dir}: image.resize must be one of {RESIZE_POLICIES}")
@@ -76,7 +79,8 @@ class OrtVideoPipeline:
                     verify: bool = True, choice: ProviderChoice | None = None) -> OrtVideoPipeline:
         """Load an export folder: check the manifest and every file's sha256 (refusing a tampered folder
         with ExportIntegrityError), pick the provider (`auto`: CUDA if it really works, else CPU) and open
-        one session per graph. `threads`: intra-op threads per session (None: onnxruntime's default)."""
+        one session per graph. `threads`: intra-op threads per session (None: the CPUs this process may
+        use, `dvdm.runtime.cpus`)."""
         root = Path(export_dir)
         manifest = load_manifest(root, verify=verify)
         choice = choice or choose_provider(provider)
@@ -205,9 +209,10 @@ class OrtVideoPipeline:
                        steps: int | None = None, guidance: float | None = None, eta: float | None = None,
                        seeds: Sequence[int] | None = None, noise: np.ndarray | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                       should_stop: Callable[[], bool] | None = None, sampler: str | None = None) -> np.ndarray:
         """Normalised targets (B, *target_shape) for uint8 first frames (B, H, W, 3) at the model's size.
-        `should_stop` is asked before each denoising step; True ends the call with GenerationCancelled."""
+        `should_stop` is asked before each denoising step; True ends the call with GenerationCancelled.
+        None for steps, guidance, eta or sampler (ddim | dpm++): the manifest's default."""
         first_frames = self._check_frames(first_frames)
         b = len(first_frames)
         steps = int(self.defaults["steps"]) if steps is None else steps
@@ -226,8 +231,9 @@ class OrtVideoPipeline:
         text = self.encode_text(list(prompts) if prompts is not None else [""] * b)
         features = self.encode_image(first_frames)
         rngs = [np.random.default_rng([int(s), 1]) for s in seeds] if eta and eta > 0 else None
+        solver = str(self.defaults.get("name", "ddim")) if sampler is None else sampler
         return self.ddim.sample(self._denoiser(features, text, guidance), noise, steps, eta, rngs, progress,
-                                should_stop)
+                                should_stop, solver)
 
     # ------------------------------------------------------------------ decoding
     def _residual_decoder(self, latent: np.ndarray) -> np.ndarray:
@@ -244,11 +250,11 @@ class OrtVideoPipeline:
     def __call__(self, first_frames: np.ndarray, prompts: Sequence[str] | None = None, *, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None, seeds: Sequence[int] | None = None,
                  noise: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                 should_stop: Callable[[], bool] | None = None, sampler: str | None = None) -> np.ndarray:
         """uint8 first frames (B, H, W, 3) at the model's size -> uint8 videos (B, T, H, W, 3)."""
         started = time.perf_counter()
         targets = self.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, eta=eta, seeds=seeds,
-                                      noise=noise, progress=progress, should_stop=should_stop)
+                                      noise=noise, progress=progress, should_stop=should_stop, sampler=sampler)
         videos = self.decode(targets, first_frames)
         self.last_seconds = time.perf_counter() - started
         return videos
@@ -256,7 +262,7 @@ class OrtVideoPipeline:
     def generate(self, image: np.ndarray, prompt: str = "", *, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                 should_stop: Callable[[], bool] | None = None, sampler: str | None = None) -> np.ndarray:
         """One request: any-size uint8 image (H, W, 3) + prompt -> uint8 video (T, H, W, 3) at the model's
         size (the image is resized/cropped as `preprocess` says). `should_stop`: asked between denoising
         steps; True abandons the request with GenerationCancelled (e.g. its client hung up)."""
@@ -266,4 +272,4 @@ class OrtVideoPipeline:
             raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {seed!r}")
         frame = self.preprocess(image)
         return self(frame[None], [prompt], steps=steps, guidance=guidance, eta=eta, seeds=[int(seed)],
-                    progress=progress, should_stop=should_stop)[0]
+                    progress=progress, should_stop=should_stop, sampler=sampler)[0]

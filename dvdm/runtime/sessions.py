@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from dvdm.runtime import cpus
 from dvdm.runtime.errors import ProviderError
 
 log = logging.getLogger("dvdm.runtime.sessions")
@@ -94,14 +95,20 @@ def choose_provider(prefer: str = "auto") -> ProviderChoice:
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Full graph optimisation; `threads` intra-op threads (None: onnxruntime's default, all cores)."""
+    """Full graph optimisation; `threads` intra-op threads (None: `cpus.ort_threads`, the CPUs this process
+    may use); no spin-waiting between operators unless `cpus.ort_spinning` allows it (see `dvdm.runtime.cpus`:
+    a spinning pool on a shared core slows every request down several times)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = cpus.ort_threads() if threads is None else threads
     if threads is not None:
         if threads < 1:
             raise ProviderError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if not cpus.ort_spinning():
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 

@@ -9,11 +9,13 @@ import torch
 class AutoencoderResidualCodec:
     """Wraps a `ResidualAutoencoder`: residual frames (N, H, W, 3) in pixel units <-> latents (N, k, gh, gw).
 
-    Runs under `torch.inference_mode` in eval mode, in float32, batched over frames.
+    Runs under `torch.inference_mode` in eval mode, in float32, batched over frames, channels-last: oneDNN's
+    2D convolutions, group norms and upsampling run about 1.45x faster on NHWC than on NCHW frames here
+    (`benchmarks/sampling_speed.py`), and the NHWC result is already the (N, H, W, 3) layout numpy wants.
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", batch: int = 64):
-        self.model = model.to(device).eval()
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.device = torch.device(device)
         self.block = int(model.config.block)
         self.latent_channels = int(model.config.latent_channels)
@@ -24,7 +26,8 @@ class AutoencoderResidualCodec:
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), self.batch):
-                out.append(self.model.encode(x[i:i + self.batch].to(self.device)).float().cpu())
+                chunk = x[i:i + self.batch].to(self.device, memory_format=torch.channels_last)
+                out.append(self.model.encode(chunk).float().cpu())
         return torch.cat(out).numpy()
 
     def decode(self, latent: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -32,7 +35,8 @@ class AutoencoderResidualCodec:
         out = []
         with torch.inference_mode():
             for i in range(0, len(z), self.batch):
-                out.append(self.model.decode(z[i:i + self.batch].to(self.device), size).float().cpu())
+                chunk = z[i:i + self.batch].to(self.device, memory_format=torch.channels_last)
+                out.append(self.model.decode(chunk, size).float().cpu())
         return torch.cat(out).permute(0, 2, 3, 1).numpy()
 
 

@@ -122,7 +122,7 @@ def _export(params: ExportParams, paths: StagePaths) -> Any:
     from dvdm.export import export_model
 
     return export_model(paths["model"], paths["out"], weights=params.weights, opset=params.opset,
-                        steps=params.steps, guidance=params.guidance, eta=params.eta,
+                        steps=params.steps, guidance=params.guidance, eta=params.eta, sampler=params.sampler,
                         parity_steps=params.parity_steps, min_psnr=params.min_psnr,
                         parity_json=paths.get("metrics"))
 
