@@ -104,6 +104,9 @@ def main() -> int:
         write_gif(args.grid, swap_grid(res, first, columns=4), fps=8)
     summary = {k: res[k] for k in ("n", "n_first_frames", "direction_accuracy", "speed_accuracy", "speed_error",
                                    "static_fraction", "n_out_of_frame", "all_prompts", "confusion")}
+    source = model.get("source")
+    if isinstance(source, str):  # the machine's own paths mean nothing elsewhere: keep them project-relative
+        model = {**model, "source": source.replace(f"file://{args.project.resolve()}/", "")}
     summary.update({"server": base if args.url else "dvdm serve (champion)", "model": model,
                     "backgrounds": sorted({f.origin for f in first}), "seconds_per_request": float(np.mean(seconds))})
     print(f"served champion, {res['n_first_frames']} PIL-drawn first frames x {res['prompts_per_frame']} prompts: "
