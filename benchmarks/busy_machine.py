@@ -4,15 +4,18 @@ Target: slowdown (busy / alone) <= 2.5x. Two arms, alternating, identical but fo
 - `untuned` (`DVDM_CPU_TUNING=off`): the libraries' defaults, OpenMP and ONNX Runtime pools that spin-wait
   between parallel regions and size themselves from the machine's cores;
 - `tuned` (the default): `dvdm.runtime.cpus`: threads from affinity and the cgroup quota, ONNX Runtime
-  sessions that do not spin (OpenMP keeps its waiting policy; run with OMP_WAIT_POLICY=PASSIVE exported
-  to measure passive waiting, which results/busy_machine_passive.json did).
+  sessions that do not spin, and training's thread governor (`dvdm.train.thread_governor`: the thread count
+  whose measured steps are faster, re-checked every 200 steps); OpenMP keeps its waiting policy.
+`--arms` adds, for comparison, `one-thread` (OMP_NUM_THREADS=1: fixed, so no governor) and `passive`
+(OMP_WAIT_POLICY=PASSIVE, which results/busy_machine_passive.json measured as its tuned arm), and
+`--no-serve` skips the service.
 
 A fresh tiny-preset project is ingested and decomposed once; then each arm runs the dvc.yaml commands of
 `train-ae` and `train-diffusion` (the real CLI, a fresh process each) alone and beside `python -c "while True: pass"`,
 and serves the tiny export with `dvdm serve` to `--requests` requests at concurrency 4 (default steps), alone
 and beside the busy process. Wall-clock per stage process; requests/s for the service.
 
-    python benchmarks/busy_machine.py [--json PATH] [--requests 24] [--timeout 900]
+    python benchmarks/busy_machine.py [--json PATH] [--requests 24] [--timeout 900] [--arms ...] [--no-serve]
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from bench_json import write_results  # noqa: E402
 from orchestration import make_project  # noqa: E402
 from serve_load import free_port, png_bytes, stop  # noqa: E402
 
-ARMS = {"untuned": {"DVDM_CPU_TUNING": "off"}, "tuned": {}}
+ARMS = {"untuned": {"DVDM_CPU_TUNING": "off"}, "tuned": {},
+        # for comparison (`--arms`): a fixed single intra-op thread, and fully passive OpenMP waiting
+        "one-thread": {"OMP_NUM_THREADS": "1"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+DEFAULT_ARMS = ("untuned", "tuned")
 STAGES = ("train-ae", "train-diffusion")
 TARGET = 2.5
 
@@ -125,7 +131,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=24, help="requests per serve measurement")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a stage run is stopped")
+    ap.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(DEFAULT_ARMS))
+    ap.add_argument("--no-serve", action="store_true", help="measure the training stages only")
     args = ap.parse_args()
+    arms = {name: ARMS[name] for name in args.arms}
     tmp = Path(tempfile.mkdtemp(prefix="dvdm-bench-busy-"))
     base_env = {k: v for k, v in os.environ.items()
                 if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "DVDM_CPU_TUNING")}
@@ -136,7 +145,7 @@ def main() -> int:
         for stage in ("ingest", "decompose"):
             run_stage(repo, stage, base_env, args.timeout)
         for stage in STAGES:
-            for arm, extra in ARMS.items():
+            for arm, extra in arms.items():
                 env = {**base_env, **extra}
                 alone = run_stage(repo, stage, env, args.timeout)
                 with busy_core(True):
@@ -144,8 +153,9 @@ def main() -> int:
                 rows.append({"what": stage, "arm": arm, "alone": alone, "busy": busy, "unit": "s",
                              "slowdown": busy / alone, "timed_out": busy >= args.timeout})
                 print(f"{stage} {arm}: alone {alone:.1f} s, busy {busy:.1f} s", file=sys.stderr)
-        run_stage(repo, "export", base_env, args.timeout)
-        for arm, extra in ARMS.items():
+        if not args.no_serve:
+            run_stage(repo, "export", base_env, args.timeout)
+        for arm, extra in ({} if args.no_serve else arms).items():
             env = {**base_env, **extra}
             alone = serve_throughput(repo, env, args.requests, args.concurrency, busy=False)
             busy = serve_throughput(repo, env, args.requests, args.concurrency, busy=True)
@@ -163,14 +173,15 @@ def main() -> int:
         mark = ">=" if r["timed_out"] else ""
         print(f"{r['what']:14s} {r['arm']:8s} {r['alone']:9.2f} {mark + format(r['busy'], '.2f'):>9s} "
               f"{r['unit']:>6s} {r['slowdown']:8.2f}x")
-    worst = max(r["slowdown"] for r in rows if r["arm"] == "tuned")
+    worst = max((r["slowdown"] for r in rows if r["arm"] == "tuned"), default=float("nan"))
     print(f"(slowdown = busy / alone time, or alone / busy throughput; busy = beside one process spinning on one "
           f"of {os.cpu_count()} cores; tuned = dvdm's default, untuned = DVDM_CPU_TUNING=off; target <= {TARGET}x: "
           f"worst tuned {worst:.2f}x)")
     if args.json:
         write_results(args.json, "busy_machine", {"rows": rows, "target_slowdown": TARGET,
                                                   "worst_tuned_slowdown": worst, "requests": args.requests,
-                                                  "concurrency": args.concurrency})
+                                                  "concurrency": args.concurrency,
+                                                  "arms": {a: ARMS[a] for a in args.arms}})
     return 0
 
 

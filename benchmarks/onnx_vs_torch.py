@@ -1,22 +1,33 @@
-"""Benchmark: ONNX Runtime vs torch eager on the same denoiser graph and inputs (target: ORT >= 1.0x).
+"""Benchmark: the torch-free ONNX Runtime serving path vs torch eager, per denoiser step and per clip
+(target: ORT >= 1.2x torch per clip at batch 1, end-to-end parity >= 40 dB).
 
-For an exported model (`dvdm export`, default models/export) and its checkpoint (models/diffusion), one
-process measures, interleaved, medians of `--repeats`:
-- one denoiser step (the network call the sampler makes) at batch 1, torch eager (inference mode) vs ORT at
-  several session settings (intra-op threads, graph optimisation level);
-- one whole clip (`--steps` DDIM steps + decoding) with the torch pipeline vs the torch-free ORT pipeline.
+From one trained checkpoint (`--model`, default models/diffusion) the script exports the model twice with the
+export defaults (`dvdm.config.ExportParams`: sampler, steps, guidance), into temporary folders:
+- `3D convs`: the (1,3,3) / (3,1,1) / 1x1x1 convolutions written as ONNX 3D convs (what exports did before);
+- `2D convs`: the current export, factorised kernels written as 2D convs (`dvdm/models/conv.py`).
 
-    python benchmarks/onnx_vs_torch.py [--export models/export] [--model models/diffusion] [--json PATH]
+Then, interleaved, medians of `--repeats`:
+- one denoiser step at the batch a guided single-clip request runs (2: conditional + unconditional), torch
+  eager (inference mode, oneDNN convs) vs ORT: each export with a dynamic batch axis, the 2D export with the
+  batch fixed per session (`dvdm.runtime.batch_sessions`, what serving runs), and two settings serving does
+  not use by default, for reference: spin-waiting threads, one thread;
+- one whole clip at the export's default sampler/steps/guidance, batch 1 (text and image encoding, sampling,
+  decoding): the torch `VideoPipeline` vs the ORT pipeline as it was (3D, dynamic batch) and as it is;
+- the end-to-end PSNR of the current ORT clip against torch from the same noise (`dvdm.export.parity`).
+
+    python benchmarks/onnx_vs_torch.py [--model models/diffusion] [--repeats 30] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnxruntime as ort
@@ -24,10 +35,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dvdm.pipeline import VideoPipeline  # noqa: E402
 from bench_json import write_results  # noqa: E402
+from dvdm.config import ExportParams  # noqa: E402
+from dvdm.export import parity  # noqa: E402
+from dvdm.export.export import export_model, resolve_checkpoint  # noqa: E402
+from dvdm.models import conv  # noqa: E402
+from dvdm.pipeline import VideoPipeline  # noqa: E402
+from dvdm.runtime import cpus  # noqa: E402
 from dvdm.runtime.pipeline import OrtVideoPipeline  # noqa: E402
+
+PROMPT = "a red square moves left"
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
@@ -41,70 +60,127 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def export(checkpoint: Path, out: Path, params: ExportParams, conv2d: bool) -> None:
+    with mock.patch.object(conv, "_as_conv2d", conv._as_conv2d if conv2d else (lambda *_: None)):
+        export_model(checkpoint, out, weights=params.weights, opset=params.opset, steps=params.steps,
+                     guidance=params.guidance, eta=params.eta, sampler=params.sampler, parity=True,
+                     parity_steps=params.parity_steps, min_psnr=params.min_psnr)
+
+
+def session(path: Path, *, threads: int, spinning: bool, fixed_batch: int | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if fixed_batch:
+        opts.add_free_dimension_override_by_name("batch", fixed_batch)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def project_relative(path: Path) -> str:
+    """The model's path relative to the project, or its last two parts when it lies elsewhere (a result file
+    must not carry one machine's temp paths)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else "/".join(path.parts[-2:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--export", type=Path, default=ROOT / "models" / "export")
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "diffusion")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--clip-repeats", type=int, default=7)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if not (args.export / "manifest.json").is_file():
-        print(f"error: {args.export} is not an export folder (run `dvdm pipeline` or `dvdm export` first)",
-              file=sys.stderr)
+    try:
+        checkpoint = resolve_checkpoint(args.model)
+    except Exception as exc:  # the library's own message names the problem
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    ckpt = args.model / "checkpoint" if (args.model / "checkpoint").is_dir() else args.model
-    torch_pipe = VideoPipeline.from_checkpoint(ckpt, device="cpu")
-    ort_pipe = OrtVideoPipeline.from_export(args.export, provider="cpu")
+    params = ExportParams()
+    threads = cpus.ort_threads() or 1
+    tmp = Path(tempfile.mkdtemp(prefix="dvdm-onnx-vs-torch-"))
+    export(checkpoint, tmp / "conv3d", params, conv2d=False)
+    export(checkpoint, tmp / "conv2d", params, conv2d=True)
+    print("exported both graphs", file=sys.stderr)
+
+    torch_pipe = VideoPipeline.from_checkpoint(checkpoint, device="cpu")
+    new = OrtVideoPipeline.from_export(tmp / "conv2d", provider="cpu")
+    old = OrtVideoPipeline.from_export(tmp / "conv3d", provider="cpu")
+    old.sessions["denoiser"] = old.sessions["denoiser"].dynamic  # serving as it was: one dynamic session
+    guided = new.has_text and params.guidance != 1.0
+    batch = 2 if guided else 1
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (1, torch_pipe.height, torch_pipe.width, 3), dtype=np.uint8)
-    shape = (1, *ort_pipe.target_shape)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    features = ort_pipe.encode_image(first)
-    text = ort_pipe.encode_text(["a red square moves left"]) if ort_pipe.has_text else None
-    feeds = {"x_t": x, "t": np.array([500], np.int64), "image_features": features}
-    if text is not None:
-        feeds["text"] = text
-    model = torch_pipe.model
+    features = np.repeat(new.encode_image(first), batch, axis=0)
+    feeds = {"x_t": rng.standard_normal((batch, *new.target_shape), dtype=np.float32),
+             "t": np.full(batch, 500, np.int64), "image_features": features}
+    if new.has_text:
+        feeds["text"] = np.repeat(new.encode_text([PROMPT]), batch, axis=0)
     tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    model = torch_pipe.model
 
     def torch_step():
         with torch.inference_mode():
             model(tfeeds["x_t"], tfeeds["t"], image_features=tfeeds["image_features"], text=tfeeds.get("text"))
 
-    rows = [{"what": "denoiser step", "engine": "torch eager", "threads": torch.get_num_threads(),
-             "seconds": median_time(torch_step, args.repeats)}]
-    graph = str(args.export / "denoiser.onnx")
-    for threads in (1, os.cpu_count() or 1):
-        for level_name, level in (("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                                  ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)):
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = level
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            sess = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-            rows.append({"what": "denoiser step", "engine": f"onnxruntime ({level_name})", "threads": threads,
-                         "seconds": median_time(lambda s=sess: s.run(None, feeds), args.repeats)})
-
-    prompt = ["a red square moves left"]
-    rows.append({"what": f"clip ({args.steps} steps)", "engine": "torch eager", "threads": torch.get_num_threads(),
-                 "seconds": median_time(lambda: torch_pipe(first, prompt, steps=args.steps, seeds=[0]),
-                                        max(3, args.repeats // 5), warmup=1)})
-    rows.append({"what": f"clip ({args.steps} steps)", "engine": "onnxruntime (serving)", "threads": None,
-                 "seconds": median_time(lambda: ort_pipe(first, prompt, steps=args.steps, seeds=[0]),
-                                        max(3, args.repeats // 5), warmup=1)})
+    step_arms = {
+        ("torch eager", "-"): torch_step,
+        ("onnxruntime", "3D convs, dynamic batch"): session(tmp / "conv3d" / "denoiser.onnx", threads=threads,
+                                                           spinning=False),
+        ("onnxruntime", "2D convs, dynamic batch"): session(tmp / "conv2d" / "denoiser.onnx", threads=threads,
+                                                           spinning=False),
+        ("onnxruntime", "2D convs, fixed batch (serving)"): new.sessions["denoiser"].for_batch(batch),
+        ("onnxruntime", "2D, fixed, spin-waiting"): session(tmp / "conv2d" / "denoiser.onnx", threads=threads,
+                                                           spinning=True, fixed_batch=batch),
+        ("onnxruntime", "2D, fixed, 1 thread"): session(tmp / "conv2d" / "denoiser.onnx", threads=1,
+                                                       spinning=False, fixed_batch=batch),
+    }
+    clip_arms = {
+        ("torch eager", "VideoPipeline"): lambda: torch_pipe(first, [PROMPT], steps=params.steps,
+                                                            guidance=params.guidance, sampler=params.sampler,
+                                                            seeds=[0]),
+        ("onnxruntime", "serving as it was (3D, dynamic)"): lambda: old(first, [PROMPT], seeds=[0]),
+        ("onnxruntime", "serving now (2D, fixed batch)"): lambda: new(first, [PROMPT], seeds=[0]),
+    }
+    for fn in clip_arms.values():  # build every lazily created session before timing
+        fn()
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in [*step_arms, *clip_arms]}
+    for _ in range(args.repeats):  # interleaved: a noisy moment hits every arm alike
+        for key, arm in step_arms.items():
+            fn = arm if callable(arm) else (lambda s=arm: s.run(None, feeds))
+            times[key].append(median_time(fn, 1, warmup=1))
+    for _ in range(args.clip_repeats):
+        for key, fn in clip_arms.items():
+            times[key].append(median_time(fn, 1, warmup=0))
+    e2e = parity.end_to_end(torch_pipe, new, first_frames=parity.parity_first_frames(2, torch_pipe.height,
+                                                                                     torch_pipe.width),
+                            prompts=[PROMPT, "a blue circle moves up"] if new.has_text else None,
+                            steps=params.steps, guidance=params.guidance, seeds=[0, 1], min_psnr=params.min_psnr,
+                            sampler=params.sampler)
+    rows = []
+    for (engine, variant), values in times.items():
+        what = f"denoiser step (batch {batch})" if (engine, variant) in step_arms else \
+            f"clip ({params.sampler} {params.steps}, guidance {params.guidance:g})"
+        rows.append({"what": what, "engine": engine, "variant": variant, "seconds": statistics.median(values),
+                     "threads": torch.get_num_threads() if engine == "torch eager" else
+                     (1 if "1 thread" in variant else threads)})
     for r in rows:
         ref = next(x for x in rows if x["what"] == r["what"] and x["engine"] == "torch eager")
         r["speedup_vs_torch"] = ref["seconds"] / r["seconds"]
-    print(f"{'what':18s} {'engine':24s} {'threads':>7s} {'ms':>9s} {'vs torch':>8s}")
-    print("-" * 70)
+    print(f"{'what':34s} {'engine':12s} {'variant':32s} {'thr':>3s} {'ms':>9s} {'vs torch':>8s}")
+    print("-" * 104)
     for r in rows:
-        print(f"{r['what']:18s} {r['engine']:24s} {str(r['threads'] or 'default'):>7s} "
+        print(f"{r['what']:34s} {r['engine']:12s} {r['variant']:32s} {r['threads']:3d} "
               f"{1000 * r['seconds']:9.2f} {r['speedup_vs_torch']:7.2f}x")
-    print(f"(space {ort_pipe.manifest['space']['name']}, target {'x'.join(map(str, ort_pipe.target_shape))}, "
-          f"batch 1, CPU; medians of {args.repeats} steps / {max(3, args.repeats // 5)} clips)")
+    print(f"end-to-end parity of the serving pipeline vs torch ({e2e['steps']} {e2e['sampler']} steps, guidance "
+          f"{e2e['guidance']:g}, 2 clips, same noise): {e2e['psnr_db']:.1f} dB (target >= {params.min_psnr:g})")
+    print(f"(space {new.manifest['space']['name']}, target {'x'.join(map(str, new.target_shape))}, CPU; medians "
+          f"of {args.repeats} steps / {args.clip_repeats} clips, interleaved)")
     if args.json:
-        write_results(args.json, "onnx_vs_torch", {"rows": rows, "export": str(args.export)}, onnxruntime=ort.__version__, torch=torch.__version__)
+        write_results(args.json, "onnx_vs_torch", {"rows": rows, "end_to_end_parity": e2e,
+                                                   "export": dataclasses.asdict(params),
+                                                   "model": project_relative(args.model)},
+                      onnxruntime=ort.__version__, torch=torch.__version__)
     return 0
 
 

@@ -5,15 +5,19 @@ A throwaway MLflow registry (SQLite, temp folder) gets the export folder (defaul
 loopback, polling the alias every second. Then, bounded in requests and time, for concurrency 1, 4 and 8:
 latency p50/p95/p99, throughput, errors (non-200 other than 429), 429s (the service's back-pressure), and the
 server's RSS before and after. During the concurrency-4 phase the `champion` alias moves to version 2; the
-report counts requests answered by each version and any failure around the swap.
+report counts requests answered by each version and any failure around the swap. Requests leave `steps` out
+unless `--steps` is given, so the service samples with the export's own sampler and step count (what a user
+gets). A last, long phase (`--long`, 500 requests at concurrency 4) samples the server's RSS every
+`--rss-every` requests: memory must stay flat, not grow with the number of requests served.
 
-    python benchmarks/serve_load.py [--export models/export] [--requests 24] [--steps 10] [--json PATH]
+    python benchmarks/serve_load.py [--export models/export] [--requests 24] [--steps N] [--long 500] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import socket
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from dvdm.tracking import registry  # noqa: E402
 from dvdm.tracking.runs import start_run, end_run  # noqa: E402
 from dvdm.tracking.store import open_client  # noqa: E402
+from serving.mlflow_model import register_export  # noqa: E402
 from bench_json import write_results  # noqa: E402
 
 
@@ -62,8 +67,7 @@ def stop(server: subprocess.Popen) -> None:
 
 def register(client, export: Path, key: str) -> str:
     run = start_run(client, "dvdm-serve-load", key)
-    registry.upload_model(client, run, export)
-    mv = registry.register_version(client, run, name="dvdm", alias=None)
+    mv = register_export(client, run, export, name="dvdm", alias=None)
     end_run(client, run)
     return str(mv.version)
 
@@ -74,11 +78,48 @@ def png_bytes() -> bytes:
     return buf.getvalue()
 
 
+def manifest_sampler(export: Path) -> str:
+    sampler = json.loads((export / "manifest.json").read_text()).get("sampler") or {}
+    return f"{sampler.get('name', 'ddim')} {sampler.get('steps', '?')} steps, guidance {sampler.get('guidance', '?')}"
+
+
+def run_long(one, pid: int, total: int, concurrency: int, every: int) -> dict:
+    """`total` requests at `concurrency`, the server's RSS sampled every `every` completed requests."""
+    curve = [(0, rss_mb(pid))]
+    results: list[tuple[int, float, str | None]] = []
+    lock = threading.Lock()
+
+    def tracked(i: int) -> tuple[int, float, str | None]:
+        out = one(i)
+        with lock:
+            results.append(out)
+            if len(results) % every == 0:
+                curve.append((len(results), rss_mb(pid)))
+        return out
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(tracked, range(total)))
+    wall = time.perf_counter() - started
+    ok = np.array([lat for code, lat, _ in results if code == 200] or [np.nan])
+    half = [mb for n, mb in curve if n >= total // 2]
+    print(f"long phase: {len(results)} requests done", file=sys.stderr)
+    return {"requests": len(results), "ok": int(np.isfinite(ok).sum()),
+            "errors": sum(code not in (200, 429) for code, _, _ in results),
+            "rejected_429": sum(code == 429 for code, _, _ in results),
+            "p50": float(np.nanpercentile(ok, 50)), "p95": float(np.nanpercentile(ok, 95)),
+            "throughput_rps": float(np.isfinite(ok).sum()) / wall, "rss_mb": curve,
+            "second_half_growth_mb": (half[-1] - half[0]) if len(half) > 1 else 0.0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--export", type=Path, default=ROOT / "models" / "export")
     ap.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, help="sampling steps per request (default: the export's own)")
+    ap.add_argument("--long", type=int, default=500, help="requests in the long memory phase (0: skip it)")
+    ap.add_argument("--long-concurrency", type=int, default=4)
+    ap.add_argument("--rss-every", type=int, default=25, help="requests between RSS samples in the long phase")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="time bound per concurrency level")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -109,9 +150,13 @@ def main() -> int:
                 raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
             time.sleep(0.5)
         image = png_bytes()
-        data = {"prompt": "a red square moves left", "steps": str(args.steps), "seed": "0", "format": "mp4"}
+        prompts = [f"a red square moves {d}" for d in ("left", "right", "up", "down")]
 
-        def one(_i: int) -> tuple[int, float, str | None]:
+        def one(i: int) -> tuple[int, float, str | None]:
+            # prompts and seeds vary so that nothing downstream can be answered from a cache
+            data = {"prompt": prompts[i % len(prompts)], "seed": str(i), "format": "mp4"}
+            if args.steps is not None:
+                data["steps"] = str(args.steps)
             t0 = time.perf_counter()
             try:
                 r = requests.post(f"{base}/v1/generate", files={"image": ("x.png", image, "image/png")}, data=data,
@@ -155,6 +200,7 @@ def main() -> int:
                          "rss_before_mb": before, "rss_after_mb": rss_mb(server.pid),
                          "versions": versions_seen.get(concurrency, {})})
             print(f"concurrency {concurrency}: {len(ok)}/{len(results)} ok", file=sys.stderr)
+        long_phase = run_long(one, server.pid, args.long, args.long_concurrency, args.rss_every) if args.long else None
         rss_end = rss_mb(server.pid)
     finally:
         stop(server)
@@ -165,11 +211,20 @@ def main() -> int:
         print(f"{r['concurrency']:4d} {r['requests']:4d} {r['ok']:4d} {r['errors']:3d} {r['rejected_429']:3d} "
               f"{r['p50']:6.2f} {r['p95']:6.2f} {r['p99']:6.2f} {r['throughput_rps']:6.2f} "
               f"{r['rss_before_mb']:9.0f} -> {r['rss_after_mb']:7.0f}  {r['versions']}")
+    steps = args.steps or f"the export's {manifest_sampler(args.export)}"
     print(f"(server RSS {rss_start:.0f} MB at start, {rss_end:.0f} MB at the end; version {v2} promoted during "
-          f"concurrency 4; {args.steps} DDIM steps per request)")
+          f"concurrency 4; steps per request: {steps})")
+    if long_phase:
+        curve = long_phase["rss_mb"]
+        print(f"long phase: {long_phase['ok']}/{long_phase['requests']} ok, {long_phase['errors']} errors, "
+              f"{long_phase['throughput_rps']:.2f} req/s at concurrency {args.long_concurrency}, p50 "
+              f"{long_phase['p50']:.2f} s, p95 {long_phase['p95']:.2f} s")
+        print("  RSS MB after n requests: " + ", ".join(f"{n}: {mb:.0f}" for n, mb in curve))
+        print(f"  growth over the second half: {long_phase['second_half_growth_mb']:+.1f} MB")
     if args.json:
         write_results(args.json, "serve_load", {"rows": rows, "rss_start_mb": rss_start,
-                               "rss_end_mb": rss_end, "steps": args.steps})
+                               "rss_end_mb": rss_end, "steps": args.steps or manifest_sampler(args.export),
+                               "long_phase": long_phase})
     return 0
 
 

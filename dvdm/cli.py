@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -21,19 +21,64 @@ from dvdm import __version__
 from dvdm.config import DecomposeParams
 from dvdm.errors import DvdmError
 from dvdm.runtime.cpus import configure_process
-from dvdm.stages.registry import STAGES
+from dvdm.stages.registry import STAGES, PipelineStage
 
-app = typer.Typer(
+
+class _FlagsTakeNoValue:
+    """Typer 0.29's rich help prints a value type beside every option, flags included (`--force <bool>`,
+    `--help <bool>`), though a flag takes none: an empty metavar leaves that column blank."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Group(_FlagsTakeNoValue, typer.core.TyperGroup):
+    """The `dvdm` command group."""
+
+
+class _Command(_FlagsTakeNoValue, typer.core.TyperCommand):
+    """A `dvdm` command; the help of a stage command shows the values its setting options default to."""
+
+    def format_help(self, ctx, formatter):
+        _show_effective_settings(self)
+        return super().format_help(ctx, formatter)
+
+
+class _Typer(typer.Typer):
+    """Every command of the app is a `_Command`."""
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="dvdm", help="Decoupled content/motion image-to-video diffusion: data, codec, training, serving.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, cls=_Group,
 )
 
 DEFAULT_PARAMS = Path("params.yaml")
+PRESETS = Path(__file__).resolve().parent / "presets"
+PRESET_NAMES = sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 ParamsOpt = Annotated[Optional[Path], typer.Option(
     "--params", help="params.yaml to read the stage's section from (default: ./params.yaml if present).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override one setting, key=value (dotted keys reach into options, e.g. options.num_train=8).")]
+    "--set", metavar="<key=value>",
+    help="Override one setting, key=value (dotted keys reach into options, e.g. options.num_train=8).")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", help=f"Read the settings from a named preset ({', '.join(PRESET_NAMES)}: dvdm/presets/) instead of "
+                     f"params.yaml.")]
+# First-class options for the settings changed most. Each sets one key of the stage's params section, as
+# `--set key=value` does (after it, so the option wins); SETTING_KEYS maps option -> key.
+SETTING_KEYS = {"space": "space", "steps": "steps", "lr": "lr", "batch": "batch_size"}
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps (sets steps).")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (sets lr).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Clips per training step (sets batch_size).")]
 
 
 INGEST, DECOMPOSE, TRAIN_AE, TRAIN_DIFFUSION, EVALUATE, EXPORT = (STAGES[name] for name in (
@@ -44,6 +89,48 @@ def _params_path(params: Path | None) -> Path | None:
     if params is not None:
         return params
     return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+
+
+def _preset_file(preset: str) -> Path:
+    """dvdm/presets/NAME.yaml; ConfigError naming the presets for an unknown NAME."""
+    from dvdm.errors import ConfigError
+
+    if preset not in PRESET_NAMES:
+        raise ConfigError(f"--preset {preset!r}: unknown; choose one of {', '.join(PRESET_NAMES)}")
+    return PRESETS / f"{preset}.yaml"
+
+
+def _stage_settings(stage: PipelineStage, params: Path | None, preset: str | None, set_: list[str] | None,
+                    **options: Any) -> Any:
+    """A stage's settings: the params file (--params, else --preset NAME's, else ./params.yaml), then the `--set`
+    overrides, then the setting options given (`SETTING_KEYS`), through the one override path (`--set`)."""
+    import yaml
+
+    from dvdm.errors import ConfigError
+
+    if params is not None and preset is not None:
+        raise ConfigError("--params and --preset both name a settings file; give one of them")
+    source = _preset_file(preset) if preset is not None else _params_path(params)
+    # YAML-written values read back with their type (1e-05 as `1.0e-05`: YAML reads a bare `1e-05` as a string)
+    chosen = [f"{SETTING_KEYS[name]}={yaml.safe_dump(value).splitlines()[0]}" for name, value in options.items()
+              if value is not None]
+    return stage.load_params(source, list(set_ or []) + chosen)
+
+
+def _show_effective_settings(command) -> None:
+    """Show each setting option's default as what the command would use now: ./params.yaml's value (what it
+    reads without --params), else the built-in default (dvdm/config.py)."""
+    stage = next((s for s in STAGES.values() if s.command == command.name), None)
+    options = [p for p in command.params if p.name in SETTING_KEYS]
+    if stage is None or not options:
+        return
+    path = _params_path(None)
+    try:
+        settings, where = stage.load_params(path), f" from {path}" if path else " built in"
+    except DvdmError:  # a broken params.yaml: the command would say so; the help shows the built-in values
+        settings, where = stage.load_params(None), " built in"
+    for param in options:
+        param.show_default = f"{getattr(settings, SETTING_KEYS[param.name])}{where}"
 
 
 def _echo_json(obj: object) -> None:
@@ -142,15 +229,19 @@ def _echo_once(message: str) -> None:
 
 @app.command("train-ae")
 def train_ae(
-    in_dir: Annotated[Path, typer.Option("--in", help="Decomposed dataset directory.")] = TRAIN_AE.path("in"),
-    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoint/, metrics.json, metrics.jsonl.")]
-    = TRAIN_AE.path("out"),
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
+    batch: BatchOpt = None,
+    preset: PresetOpt = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
+    in_dir: Annotated[Path, typer.Option("--in", help="Decomposed dataset directory.")] = TRAIN_AE.path("in"),
+    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoint/, metrics.json, results.json, metrics.jsonl, curve.json.")]
+    = TRAIN_AE.path("out"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
 ) -> None:
     """Train ED-VDM's residual autoencoder (latent on the motion-vector grid)."""
-    cfg = TRAIN_AE.load_params(_params_path(params), set_ or [])
+    cfg = _stage_settings(TRAIN_AE, params, preset, set_, steps=steps, lr=lr, batch=batch)
     with _training_processes():
         m = TRAIN_AE.run(cfg, {"in": in_dir, "out": out}, resume=resume)
     _echo_once(f"autoencoder trained for {m['steps']} steps in {m['train_seconds']:.0f}s -> {m['checkpoint']}; "
@@ -161,19 +252,23 @@ def train_ae(
 
 @app.command()
 def train(
-    space: Annotated[Optional[str], typer.Option("--space", help="rgb (VDM), diff (D-VDM) or mvres (ED-VDM).")]
-    = None,
-    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = TRAIN_DIFFUSION.path("in"),
-    autoencoder: Annotated[Optional[Path], typer.Option(
-        "--autoencoder", help="train-ae run directory (required for mvres).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default models/<space>).")] = None,
+    space: Annotated[Optional[str], typer.Option(
+        "--space", help="Target space: rgb (VDM), diff (D-VDM) or mvres (ED-VDM) (sets space).")] = None,
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
+    batch: BatchOpt = None,
+    preset: PresetOpt = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
+    in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory.")] = TRAIN_DIFFUSION.path("in"),
+    autoencoder: Annotated[Optional[Path], typer.Option(
+        "--autoencoder", help="train-ae run directory (required for mvres; default models/autoencoder when "
+                              "present).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default models/<space>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
 ) -> None:
     """Train the diffusion denoiser in one target space."""
-    overrides = list(set_ or []) + ([f"space={space}"] if space else [])
-    cfg = TRAIN_DIFFUSION.load_params(_params_path(params), overrides)
+    cfg = _stage_settings(TRAIN_DIFFUSION, params, preset, set_, space=space, steps=steps, lr=lr, batch=batch)
     from dvdm.spaces import space_class
 
     if space_class(cfg.space).needs_codec and autoencoder is None and Path("models/autoencoder").exists():
@@ -186,22 +281,42 @@ def train(
                f"{m['parameters'] / 1e6:.2f}M parameters); val loss {m['val_loss']}; -> {m['checkpoint']}")
 
 
+CheckpointModelOpt = Annotated[str, typer.Option(
+    "--model", metavar="<model>", help="A train-diffusion run folder (or its checkpoint/), or a registered version "
+                                     "that holds a checkpoint (models:/NAME@ALIAS, models:/NAME/N).")]
+
+
+@contextlib.contextmanager
+def _checkpoint_model(model: str, command: str) -> Iterator[Path]:
+    """The training run a stage command's `--model` names: a local folder as given (so the stage's outputs
+    record the same path), a registered version's checkpoint downloaded for the command's duration. An
+    export (ONNX, no torch weights) is refused, naming what the command needs instead."""
+    from dvdm.errors import ConfigError
+    from dvdm.model_ref import EXPORT, fetch_model
+
+    with fetch_model(model) as found:
+        if found.kind == EXPORT:
+            raise ConfigError(f"--model {found.label}: an ONNX export; dvdm {command} needs the training run it was "
+                              f"exported from (its torch checkpoint), e.g. {TRAIN_DIFFUSION.path('out')}")
+        yield found.folder if found.ref.is_registry else Path(model)
+
+
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")]
-    = EVALUATE.path("model"),
+    model: CheckpointModelOpt = str(EVALUATE.path("model")),
     in_dir: Annotated[Path, typer.Option("--in", help="Ingested dataset directory (its held-out split).")]
     = EVALUATE.path("in"),
     out: Annotated[Path, typer.Option("--out", help="Report directory (replaced atomically).")]
     = EVALUATE.path("out"),
-    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write metrics.json here (DVC).")]
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write the headline metrics here (DVC); every number is in OUT/results.json.")]
     = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Sample held-out clips and measure them: FVD/KVD, PSNR/SSIM, motion-following; grid, plots, report."""
     cfg = EVALUATE.load_params(_params_path(params), set_ or [])
-    m = EVALUATE.run(cfg, {"model": model, "in": in_dir, "out": out, "metrics": metrics})
+    with _checkpoint_model(model, "evaluate") as checkpoint:
+        m = EVALUATE.run(cfg, {"model": checkpoint, "in": in_dir, "out": out, "metrics": metrics})
     parts = [f"{m['n_clips']} {m['split']} clips ({m['space']})"]
     for key, label in (("fvd", "FVD"), ("kvd", "KVD"), ("psnr", "PSNR"), ("ssim", "SSIM"),
                        ("motion_accuracy", "motion-following")):
@@ -236,89 +351,115 @@ def fvd(
 
 @app.command("export")
 def export_(
-    model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")]
-    = EXPORT.path("model"),
+    model: CheckpointModelOpt = str(EXPORT.path("model")),
     out: Annotated[Path, typer.Option("--out", help="Export folder (ONNX graphs + manifest.json), atomic.")]
     = EXPORT.path("out"),
-    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Write the parity report here (DVC).")]
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Write the headline metrics here (DVC); the parity report is OUT/parity.json.")]
     = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Export a trained model to ONNX for serving, with a parity check against torch."""
     cfg = EXPORT.load_params(_params_path(params), set_ or [])
-    r = EXPORT.run(cfg, {"model": model, "out": out, "metrics": metrics})
+    with _checkpoint_model(model, "export") as checkpoint:
+        r = EXPORT.run(cfg, {"model": checkpoint, "out": out, "metrics": metrics})
     typer.echo(f"exported {r.manifest['space']['name']} model -> {out} ({len(r.files)} files) in {r.seconds:.0f}s; "
                f"end-to-end ONNX vs torch PSNR {r.parity['end_to_end']['psnr_db']:.1f} dB")
 
 
 @app.command()
 def sample(
-    model: Annotated[Path, typer.Option("--model", help="A train-diffusion run directory or its checkpoint/.")],
+    model: Annotated[str, typer.Option(
+        "--model", metavar="<model>",
+        help="A training run folder (or its checkpoint/), an export folder, or a registered version: "
+             "models:/dvdm@champion, models:/dvdm/3 (an export runs on ONNX Runtime).")],
     image: Annotated[Path, typer.Option("--image", help="The first frame (png, jpg, ...).")],
     out: Annotated[Path, typer.Option("--out", help="Output video: .mp4 (H.264) or .gif.")],
     prompt: Annotated[str, typer.Option("--prompt", help="Text condition (ignored by models without text).")] = "",
     steps: Annotated[int, typer.Option("--steps", help="Sampling steps (1..num_timesteps).")] = 50,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (0..30).")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Noise seed: the same seed reproduces the video.")] = 0,
-    sampler: Annotated[str, typer.Option("--sampler", help="ddim, dpm++ (same quality in fewer steps) or ddpm.")] = "ddim",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim, dpm++ (same quality in fewer steps) or ddpm "
+                                                           "(checkpoints only).")] = "ddim",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (for an export: the ONNX Runtime "
+                                                         "provider).")] = "auto",
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the output.")] = 8.0,
     precision: Annotated[str, typer.Option(
-        "--precision", help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 (GPU only).")] = "fp32",
+        "--precision", help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 (GPU only); checkpoints only.")]
+    = "fp32",
 ) -> None:
     """Generate a video from one image and a prompt."""
     from dvdm.errors import ConfigError
-    from dvdm.pipeline import SAMPLERS, VideoPipeline
-    from dvdm.video import resize, resize_short_side_and_center_crop, write_gif, write_mp4
-    from dvdm.video.transforms import check_aspect_ratio
+    from dvdm.model_ref import fetch_model
+    from dvdm.runtime.first_frame import resize_policy
+    from dvdm.video import write_gif, write_mp4
     from dvdm.video.image import read_image
+    from dvdm.video.transforms import check_aspect_ratio
 
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise ConfigError(f"--out {out}: the output must end in .mp4 or .gif")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if not 0.0 <= guidance <= 30.0:
         raise ConfigError(f"--guidance must be within 0..30, got {guidance}")
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {seed}")
-    path = model / "checkpoint" if (model / "checkpoint" / "config.json").is_file() else model
     img = read_image(image)
-    pipe = VideoPipeline.from_checkpoint(path, device=device, precision=precision)
-    if not 1 <= steps <= pipe.diffusion.num_timesteps:
-        raise ConfigError(f"--steps must be within 1..{pipe.diffusion.num_timesteps}, got {steps}")
-    if img.shape[:2] != (pipe.height, pipe.width):
-        try:
-            check_aspect_ratio(*img.shape[:2], pipe.height, pipe.width)
-        except ValueError as exc:
-            raise ConfigError(f"--image {image}: {exc}") from None
-        typer.echo(f"note: image resized from {img.shape[1]}x{img.shape[0]} to the model's "
-                   f"{pipe.width}x{pipe.height} (short side, then centre crop)", err=True)
-        img = (resize_short_side_and_center_crop(img[None], pipe.height) if pipe.height == pipe.width
-               else resize(img[None], pipe.height, pipe.width))[0]
-    if pipe.text_encoder is None and prompt:
-        typer.echo("note: this model has no text conditioning; the prompt is ignored", err=True)
-    video = pipe(img[None], [prompt], steps=steps, guidance=guidance, seeds=[seed], sampler=sampler)[0]
+    with fetch_model(model) as found:  # a registry version is downloaded for this command only
+        pipe = _sampling_pipeline(found, device, precision, sampler)
+        if not 1 <= steps <= pipe.num_timesteps:
+            raise ConfigError(f"--steps must be within 1..{pipe.num_timesteps}, got {steps}")
+        if img.shape[:2] != (pipe.height, pipe.width):
+            try:
+                check_aspect_ratio(*img.shape[:2], pipe.height, pipe.width)
+            except ValueError as exc:
+                raise ConfigError(f"--image {image}: {exc}") from None
+            how = ("short side, then centre crop" if resize_policy(pipe.height, pipe.width) == "short_side_center_crop"
+                   else "stretched")
+            typer.echo(f"note: image resized from {img.shape[1]}x{img.shape[0]} to the model's "
+                       f"{pipe.width}x{pipe.height} ({how})", err=True)
+        if pipe.text_encoder is None and prompt:
+            typer.echo("note: this model has no text conditioning; the prompt is ignored", err=True)
+        video = pipe.generate(img, prompt, steps=steps, guidance=guidance, seed=seed, sampler=sampler)
     (write_mp4 if out.suffix.lower() == ".mp4" else write_gif)(out, video, fps=fps)
     typer.echo(f"wrote {out} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]}, {steps} {sampler} steps, "
-               f"guidance {guidance}, seed {seed}) in {pipe.last_seconds:.2f}s")
+               f"guidance {guidance}, seed {seed}) from {found.label} in {pipe.last_seconds:.2f}s")
 
 
-PRESETS = Path(__file__).resolve().parent / "presets"
+def _sampling_pipeline(found, device: str, precision: str, sampler: str) -> Any:
+    """The pipeline that runs a resolved model (`dvdm.model_ref.LocalModel`): torch for a training checkpoint,
+    ONNX Runtime for an export (what a registered version normally holds), so `dvdm sample` takes both."""
+    from dvdm.errors import ConfigError
+    from dvdm.model_ref import CHECKPOINT
+
+    if found.kind == CHECKPOINT:
+        from dvdm.pipeline import SAMPLERS, VideoPipeline
+
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        return VideoPipeline.from_checkpoint(found.folder, device=device, precision=precision)
+    from dvdm.runtime.ddim import SOLVERS
+    from dvdm.runtime.errors import RuntimeCoreError
+    from dvdm.runtime.pipeline import OrtVideoPipeline
+
+    if sampler not in SOLVERS:
+        raise ConfigError(f"--sampler {sampler!r}: {found.label} is an ONNX export, which samples with "
+                          f"{' or '.join(SOLVERS)}")
+    if precision != "fp32":
+        raise ConfigError(f"--precision {precision}: {found.label} is an ONNX export, which runs in fp32 "
+                          f"(bf16 and fp16 apply to training checkpoints)")
+    try:
+        return OrtVideoPipeline.from_export(found.folder, provider=device)
+    except RuntimeCoreError as exc:  # a tampered export, an unusable provider
+        raise ConfigError(f"--model {found.label}: {exc}") from None
 
 
 def _apply_preset(project: Path, preset: str | None) -> None:
     """`--preset NAME`: params.yaml becomes presets/NAME.yaml (what DVC and every stage read)."""
     if preset is None:
         return
-    from dvdm.errors import ConfigError
     from dvdm.utils.atomic import atomic_path
 
-    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-    if preset not in names:
-        raise ConfigError(f"--preset {preset!r}: unknown; choose one of {', '.join(names)}")
+    text = _preset_file(preset).read_text()
     target = project / "params.yaml"
-    text = (PRESETS / f"{preset}.yaml").read_text()
     if not target.is_file() or target.read_text() != text:
         with atomic_path(target) as tmp:
             tmp.write_text(text)
@@ -332,11 +473,13 @@ ProjectOpt = Annotated[Path, typer.Option("--project", help="Project root (holds
 def pipeline(
     project: ProjectOpt = Path("."),
     preset: Annotated[Optional[str], typer.Option(
-        "--preset", help="Write params.yaml from a named preset first (tiny = the CPU default).")] = None,
+        "--preset", help=f"Write params.yaml from a named preset first ({', '.join(PRESET_NAMES)}; tiny: a "
+                         f"~2-minute smoke test).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun stages DVC finds up to date.")] = False,
     register: Annotated[bool, typer.Option("--register/--no-register",
                                            help="Register the model and run the promotion gate.")] = True,
-    stage: Annotated[Optional[list[str]], typer.Option("--stage", help="Run only these stages (repeatable).")]
+    stage: Annotated[Optional[list[str]], typer.Option("--stage", metavar="<stage>",
+                                                       help="Run only these stages (repeatable).")]
     = None,
     placement: Annotated[Optional[str], typer.Option(
         "--placement", help="local: every stage in this process; pools: each stage on its work pool "
@@ -434,8 +577,9 @@ def models(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option("--model", help="models:/dvdm@champion (follows the alias), "
-                                                       "models:/dvdm/N, or an export folder.")]
+    model: Annotated[str, typer.Option("--model", metavar="<model>",
+                                       help="models:/dvdm@champion (follows the alias), models:/dvdm/N, or an export "
+                                            "folder.")]
     = "models:/dvdm@champion",
     host: Annotated[str, typer.Option("--host", help="Bind address (loopback by default; any other needs an API "
                                                      "key or --insecure-no-auth).")]
@@ -461,14 +605,19 @@ def serve(
     import os
 
     from dvdm.errors import ConfigError
+    from dvdm.model_ref import EXPORT, model_kind, parse_model_ref, registry_uri
     from serving.server import serve as run_server
     from serving.settings import ServeSettings
 
+    ref = parse_model_ref(model)  # a malformed reference or a folder that is no model: one line, before serving
+    if ref.path is not None and model_kind(ref.path)[0] != EXPORT:
+        raise ConfigError(f"--model {model}: a training checkpoint; dvdm serve runs ONNX exports (no torch): export "
+                          f"it first (dvdm export --model {model} --out DIR) and serve that folder")
     tracking = None
-    if model.startswith("models:/") and not os.environ.get("MLFLOW_TRACKING_URI"):
-        from dvdm.tracking.store import project_work_dir, resolve_tracking_uri
+    if ref.is_registry and not os.environ.get("MLFLOW_TRACKING_URI"):
+        from dvdm.tracking.store import project_work_dir
 
-        tracking = resolve_tracking_uri(work=project_work_dir(project))
+        tracking = registry_uri(work=project_work_dir(project))  # the project's embedded store, which must exist
     try:
         settings = ServeSettings.from_env(tracking_uri=tracking, provider=provider, poll_interval=poll_interval,
                                           api_key_file=api_key_file, allow_no_auth=insecure_no_auth or None,
@@ -526,7 +675,14 @@ def missing_extra_message(exc: ModuleNotFoundError, argv: list[str]) -> str | No
 def main() -> None:
     """Console entry point: user errors become one line and exit status 2, never a traceback; so do a
     command whose install extra is missing, and a full disk or a permission problem while writing."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from dvdm.utils.progress import quiet_third_party_bars
+
+    # the terminal gets warnings and errors; INFO records (a flow run's log) go to the Prefect UI, and progress
+    # reaches the terminal as bars or lines of its own (dvdm.utils.progress), over no other library's bars
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", handlers=[console])
+    quiet_third_party_bars()
     # before torch or onnxruntime loads: thread pools sized to the CPUs we may use, no spin-waiting
     configure_process()
     try:

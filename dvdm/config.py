@@ -147,10 +147,10 @@ class ExportParams:
 
     weights: str = "ema"             # ema | model
     opset: int = 17
-    steps: int = 25                  # sampler defaults written into the manifest
+    steps: int = 15                  # sampler defaults written into the manifest
     guidance: float = 2.0
     eta: float = 0.0
-    sampler: str = "ddim"            # ddim | dpm++ (DPM-Solver++(2M), deterministic: eta 0)
+    sampler: str = "dpm++"           # dpm++ (DPM-Solver++(2M), deterministic: eta 0) | ddim
     parity_steps: int = 8            # end-to-end ORT vs torch check
     min_psnr: float = 40.0           # the export fails below this end-to-end PSNR
 
@@ -159,7 +159,7 @@ class ExportParams:
 class PromoteParams:
     """The promotion gate: a challenger becomes champion only when it beats the champion on `metric`."""
 
-    metric: str = "swap_direction_accuracy"  # a key of the evaluate stage's metrics.json
+    metric: str = "swap_direction_accuracy"  # a number of the evaluate stage's results.json
     direction: str = "max"           # min: lower is better (FVD); max: higher is better (PSNR, accuracy)
     margin: float = 0.0              # required improvement (absolute, or a fraction when relative)
     relative: bool = False
@@ -210,6 +210,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         expected = type(getattr(defaults, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             data[key] = float(value)
+        elif expected is float and isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string: `--set lr=1e-5` must still mean the number
+            try:
+                data[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}.{key}: expected a number, got {value!r}") from None
+        elif expected is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
         elif expected is bool and not isinstance(value, bool):
             raise ConfigError(f"{where}.{key}: expected true/false, got {value!r}")
         elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):

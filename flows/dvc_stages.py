@@ -95,6 +95,10 @@ def _repo(project: Path):
 
     # DVC's INFO lines ("Updating lock file") would print twice: once by DVC, once through Prefect's handler
     logging.getLogger("dvc").setLevel(logging.WARNING)
+    # nor DVC's progress bars (hashing, committing, checking out), which flash between dvdm's own on a terminal:
+    # DVC draws them only while these loggers let ERROR records through
+    for bars in ("dvc.progress", "dvc_data.callbacks"):
+        logging.getLogger(bars).setLevel(logging.CRITICAL)
 
     return Repo(str(project))
 

@@ -1,9 +1,14 @@
-"""Process settings every flow needs before Prefect, MLflow or DVC is imported.
+"""Process settings every flow needs before Prefect, MLflow or DVC is imported, and where a run's output goes.
 
 The embedded defaults must work with zero setup and stay quiet offline: Prefect's telemetry prints
-tracebacks when it cannot phone home, DVC and MLflow would try to send analytics. A user's own settings
-always win (`setdefault`): `PREFECT_API_URL` points flows at a Prefect server, `MLFLOW_TRACKING_URI` at a
-tracking server.
+tracebacks when it cannot phone home, DVC and MLflow would try to send analytics, library progress bars would
+print over dvdm's own. A user's own settings always win (`setdefault`): `PREFECT_API_URL` points flows at a
+Prefect server, `MLFLOW_TRACKING_URI` at a tracking server.
+
+Prefect logs at its default level (INFO), so a run's log in the Prefect UI holds its INFO records, its prints
+(`log_prints=True`) and, while a flow runs, dvdm's own records and progress lines (`library_logs_in_run_log`).
+What reaches the terminal is chosen by its handlers: the `dvdm` CLI's shows warnings and errors, and dvdm's
+progress writes its bars and lines there itself (`dvdm.utils.progress`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from dvdm.utils.progress import LOGGER_NAME as PROGRESS_LOGGER
+from dvdm.utils.progress import quiet_third_party_bars
+
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
     # a fresh temporary server needs ~8 s to migrate its SQLite DB on a loaded 2-core machine
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "DVC_NO_ANALYTICS": "1",
@@ -28,6 +35,40 @@ QUIET = {
 def configure() -> None:
     for key, value in QUIET.items():
         os.environ.setdefault(key, value)
+    quiet_third_party_bars()
+
+
+def _in_a_run(record: logging.LogRecord) -> bool:
+    """Prefect's API handler can place a record only inside a flow or task run (e.g. not one from a thread
+    a stage started); the rest stays off the run log, instead of becoming a warning."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+@contextlib.contextmanager
+def library_logs_in_run_log() -> Iterator[None]:
+    """While the body runs (a flow's), dvdm's INFO records go to the run's log in the Prefect API, which the UI
+    shows: what its modules log and the progress lines of training, evaluation and export
+    (`dvdm.utils.progress`). Progress is on the terminal already (a bar or lines, written there directly), so
+    its records skip the console handlers; dvdm's other records reach them as before."""
+    from prefect.logging.handlers import APILogHandler
+
+    library, progress = logging.getLogger("dvdm"), logging.getLogger(PROGRESS_LOGGER)
+    handler = APILogHandler()
+    handler.addFilter(_in_a_run)
+    saved = library.level, progress.propagate
+    library.setLevel(logging.INFO)
+    library.addHandler(handler)
+    progress.addHandler(handler)
+    progress.propagate = False
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
+        progress.removeHandler(handler)
+        library.setLevel(saved[0])
+        progress.propagate = saved[1]
 
 
 class UserErrorsOffTheConsole(logging.Filter):

@@ -6,7 +6,9 @@
   task reuses its child run (looked up by key), so retries never duplicate or orphan runs;
 - when an `export` stage exists, its folder becomes a new version of the registered model with alias
   `challenger`, and the promotion gate decides whether it also becomes `champion`;
-- a markdown summary artifact (metrics, sample paths, model version) shows in the Prefect UI.
+- a markdown summary artifact (metrics, sample paths, model version) shows in the Prefect UI;
+- it says where it is as it goes (`[3/6] train-ae: ...` lines with the time since it started, between the
+  stages' own progress bars or lines), on the terminal and in the run's log in the Prefect UI.
 
 Tasks exchange paths, names, run ids and metric dicts only.
 """
@@ -17,7 +19,7 @@ import dataclasses
 import time
 from typing import Any
 
-from flows.environment import configure, project_dir
+from flows.environment import configure, library_logs_in_run_log, project_dir
 
 configure()
 
@@ -28,6 +30,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from dvdm.config import as_dict  # noqa: E402
 from dvdm.errors import ConfigError  # noqa: E402
 from dvdm.stages.registry import STAGES  # noqa: E402
+from dvdm.utils.progress import announce, format_duration  # noqa: E402
 from flows import tracking_tasks  # noqa: E402
 from flows import placement as placed  # noqa: E402
 from flows.dvc_stages import data_hash, read_stages, use_remote  # noqa: E402
@@ -64,9 +67,20 @@ def pipeline(project: str | None = None, force: bool = False, register_model: bo
 
     `placement` overrides params.yaml's `placement.mode`: `local` runs every stage in this flow's process,
     `pools` sends each to its deployment's work pool (flows/placement.py)."""
+    with library_logs_in_run_log():
+        return _pipeline(project, force, register_model, stages, model_name, placement)
+
+
+def _pipeline(project: str | None, force: bool, register_model: bool, stages: list[str] | None, model_name: str,
+              placement: str | None) -> dict[str, Any]:
+    """The flow's body (see `pipeline`)."""
     logger = get_run_logger()
     root = project_dir(project)
     started = time.perf_counter()
+
+    def where(text: str) -> None:  # on the terminal and in the run's log
+        announce(f"{text} (pipeline at {format_duration(time.perf_counter() - started)})")
+
     all_stages = read_stages(root)
     names = list(stages) if stages else list(all_stages)
     unknown = [n for n in names if n not in all_stages]
@@ -87,18 +101,22 @@ def pipeline(project: str | None = None, force: bool = False, register_model: bo
             source = placed.project_source(root, settings)
             use_remote(root, settings.dvc_remote)
             logger.info("placing stages on work pools: %s at %s, data through %s", *source, settings.dvc_remote)
-        for name in names:
+        for k, name in enumerate(names, 1):
+            where(f"[{k}/{len(names)}] {name}: started")
             if settings.mode == "pools":
                 res = placed.run_placed_stage(str(root), name, as_dict(settings), source, parent, force=force)
             else:
                 res = run_stage(str(root), name, force=force)
                 tracking_tasks.log_stage(str(root), parent, res)
             results.append(res)
+            where(f"[{k}/{len(names)}] {name}: "
+                  + ("up to date, skipped" if res["skipped"] else f"done in {format_duration(res['seconds'])}"))
         if settings.mode == "pools":
             placed.fetch_for_registration(str(root))
         out: dict[str, Any] = {"stages": results, "mlflow_run_id": parent["run_id"],
                                "tracking_uri": parent["tracking_uri"], "data_hash": data_hash(root)}
         if register_model and "export" in all_stages and "export" in names:
+            where(f"registering the export as a version of {model_name!r} and running the promotion gate")
             out.update(tracking_tasks.register_and_promote(str(root), parent, model_name))
         out["sample_video"] = tracking_tasks.sample_video(str(root))
         out["seconds"] = round(time.perf_counter() - started, 1)

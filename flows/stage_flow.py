@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.environment import configure
+from flows.environment import configure, library_logs_in_run_log
 
 configure()
 
@@ -103,6 +103,13 @@ def kept_files(project: Path, stage: Stage) -> dict[str, str]:
 def stage_flow(stage_name: str, git_url: str, revision: str, dvc_remote: str, lock: dict[str, Any],
                parent: dict[str, Any], force: bool = False) -> dict[str, Any]:
     """Run pipeline stage `stage_name` of the project at `git_url`@`revision` on this worker (see the module doc)."""
+    with library_logs_in_run_log():
+        return _run_stage_here(stage_name, git_url, revision, dvc_remote, lock, parent, force)
+
+
+def _run_stage_here(stage_name: str, git_url: str, revision: str, dvc_remote: str, lock: dict[str, Any],
+                    parent: dict[str, Any], force: bool) -> dict[str, Any]:
+    """The flow's body (see `stage_flow`)."""
     logger = get_run_logger()
     os.environ["MLFLOW_TRACKING_URI"] = parent["tracking_uri"]  # the pipeline's tracking server
     base = Path(os.environ.get(WORKDIR_ENV) or tempfile.gettempdir())

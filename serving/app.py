@@ -28,6 +28,7 @@ before the pixels are decoded. Generations run in worker threads, at most `max_c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -37,7 +38,8 @@ from serving.access import AccessGuard, document_bearer_auth
 from serving.admission import Admission
 from serving.http_errors import add_error_handlers
 from serving.lifespan import model_lifespan
-from serving.model import ModelManager, parse_model_ref
+from dvdm.model_ref import parse_model_ref
+from serving.model import LoadedModel, ModelManager
 from serving.page import mount_page
 from serving.request_guard import RequestGuard
 from serving.settings import ServeSettings
@@ -59,10 +61,9 @@ def create_app(model_ref: str | Path, *, settings: ServeSettings | None = None) 
     # API docs work on machines without internet like the page does
     app = FastAPIOffline(title="dvdm", version=_dvdm_version(), lifespan=model_lifespan(manager, settings),
                          static_url="/docs-assets",
-                         summary="Image + prompt -> short video (D-VDM), served with ONNX Runtime.",
-                         description="Upload a first frame and a prompt, get a video back. `GET /v1/model` says "
-                                     "which registered model version is serving; a newly promoted version is "
-                                     "swapped in without dropping requests.")
+                         summary="Image + prompt -> short video, served with ONNX Runtime.",
+                         description=DOCS_DESCRIPTION)
+    document_the_model(app, manager)
     app.state.settings = settings
     app.state.manager = manager
     app.state.admission = Admission(settings.max_concurrency, settings.max_queue)
@@ -76,6 +77,38 @@ def create_app(model_ref: str | Path, *, settings: ServeSettings | None = None) 
     app.include_router(generate.router)
     mount_page(app)
     return app
+
+
+DOCS_DESCRIPTION = ("Upload a first frame and a prompt, get a video back. `GET /v1/model` says which registered "
+                    "model version is serving; a newly promoted version is swapped in without dropping requests.")
+
+
+def serving_line(model: LoadedModel | None) -> str:
+    """What the API docs say about the model serving now: its method (the export manifest's description of
+    its target space, e.g. "ED-VDM: ...") or, for an export without one, the space's name."""
+    if model is None:
+        return "No model is loaded yet."
+    space = model.pipeline.manifest["space"]
+    what = space.get("description") or "a dvdm model"
+    which = f"{model.name} version {model.label}" if model.name else "a local export"
+    return f"Serving {which}: {what} (target space `{space['name']}`)."
+
+
+def document_the_model(app: FastAPI, manager: ModelManager) -> None:
+    """/docs, /redoc and /openapi.json name the model serving now; the schema is rebuilt after a swap (the newly
+    promoted version may be of another space)."""
+    build = app.openapi
+    shown: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        model = manager.current
+        if shown.get("model", False) is not model:
+            shown["model"] = model
+            app.description = f"{serving_line(model)}\n\n{DOCS_DESCRIPTION}"
+            app.openapi_schema = None
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _dvdm_version() -> str:

@@ -21,7 +21,6 @@ import datetime as _dt
 import json
 import logging
 import math
-import re
 import shutil
 import tempfile
 import threading
@@ -32,51 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from dvdm.model_ref import ModelRef
 from dvdm.runtime.pipeline import OrtVideoPipeline
 from serving.settings import ServeSettings
 
 log = logging.getLogger("serving.model")
 
-_REGISTRY_REF = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z_][A-Za-z0-9_\-]*)"
-                           r"|/(?P<version>[0-9]+))$")
 VERSION_FILE = "model_version.json"  # written by dvdm.tracking.registry.download_version beside the files
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A parsed model reference: a local `path`, or a registry `name` with an `alias` or a fixed `version`."""
-
-    raw: str
-    path: Path | None = None
-    name: str | None = None
-    alias: str | None = None
-    version: str | None = None
-
-    @property
-    def is_registry(self) -> bool:
-        return self.name is not None
-
-    @property
-    def follows_alias(self) -> bool:
-        return self.alias is not None
-
-
-def parse_model_ref(ref: str | Path) -> ModelRef:
-    """`models:/<name>@<alias>`, `models:/<name>/<version>` or a local export folder (ValueError otherwise)."""
-    raw = str(ref)
-    if not raw.strip():
-        raise ValueError("model reference is empty: give models:/<name>@<alias>, models:/<name>/<version> or an "
-                         "export folder")
-    if raw.startswith("models:"):
-        m = _REGISTRY_REF.match(raw)
-        if m is None:
-            raise ValueError(f"model reference {raw!r}: registry references look like models:/dvdm@champion or "
-                             f"models:/dvdm/3")
-        return ModelRef(raw, name=m["name"], alias=m["alias"], version=m["version"])
-    if "://" in raw:
-        raise ValueError(f"model reference {raw!r}: only models:/ registry references and local folders are "
-                         f"supported")
-    return ModelRef(raw, path=Path(raw).expanduser().resolve())
 
 
 def _now() -> str:
@@ -122,20 +83,12 @@ class LoadedModel:
                                                       "sampler", "dvdm_version", "exported_at")}}
 
 
-def _metric_tags(tags: dict[str, str]) -> tuple[dict[str, float | None], dict[str, str]]:
-    """A version's `metric.<name>` tags as numbers (non-finite: None), and its other tags."""
-    metrics: dict[str, float | None] = {}
-    other: dict[str, str] = {}
-    for key, value in sorted((tags or {}).items()):
-        if key.startswith("metric."):
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            metrics[key[len("metric."):]] = number if math.isfinite(number) else None
-        else:
-            other[key] = value
-    return metrics, other
+def _version_metrics(client: Any, version: Any) -> dict[str, float | None]:
+    """The version's metrics (`registry.version_metrics`: its source run's, over any older `metric.*` tags);
+    non-finite values as None, so /v1/model stays valid JSON."""
+    from dvdm.tracking.registry import version_metrics
+
+    return {k: (v if math.isfinite(v) else None) for k, v in sorted(version_metrics(client, version).items())}
 
 
 class ModelManager:
@@ -170,7 +123,7 @@ class ModelManager:
 
         if self._choice is None:  # probe once: later loads reuse the decision (and its one log line)
             self._choice = choose_provider(self.settings.provider)
-        pipe = OrtVideoPipeline.from_export(folder, choice=self._choice, threads=self.settings.threads)
+        pipe = OrtVideoPipeline.from_export(folder, choice=self._choice, threads=self.settings.session_threads)
         if self.settings.warmup:  # a model that cannot generate is never swapped in
             pipe.generate(np.full((pipe.height, pipe.width, 3), 127, np.uint8), "warm-up", steps=1, seed=0)
         return pipe
@@ -221,7 +174,8 @@ class ModelManager:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        metrics, tags = _metric_tags(dict(version.tags or {}))
+        metrics = _version_metrics(self._client_(), version)
+        tags = {k: v for k, v in sorted((version.tags or {}).items()) if not k.startswith("metric.")}
         return LoadedModel(pipe, folder, name=name, version=str(version.version), alias=self.ref.alias,
                            source=version.source, run_id=version.run_id, metrics=metrics, tags=tags, owned=True)
 

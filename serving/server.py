@@ -52,7 +52,7 @@ def check_exposure(host: str, settings: ServeSettings) -> None:
 
 def check_model_ref(model_ref: str | Path) -> None:
     """Fail fast on a reference that can never load: malformed, or a local folder without a manifest."""
-    from serving.model import parse_model_ref
+    from dvdm.model_ref import parse_model_ref
 
     ref = parse_model_ref(model_ref)
     if ref.path is not None and not (ref.path / "manifest.json").is_file():

@@ -28,7 +28,8 @@ class ServeSettings:
     tracking_uri: str | None = None      # MLflow store for `models:/` refs (None: dvdm.tracking's default resolution)
     model_cache: str | None = None       # where registry versions are downloaded (None: a temp folder per process)
     provider: str = "auto"               # onnxruntime provider preference: auto | cuda | cpu
-    threads: int | None = None           # onnxruntime intra-op threads per session (None: the CPUs we may use)
+    threads: int | None = None           # onnxruntime intra-op threads per session (None: timed at load, the
+    #                                      faster of all our CPUs and one: dvdm.runtime.thread_choice)
     poll_interval: float = 30.0          # seconds between registry alias checks (0: never; local folders never poll)
     warmup: bool = True                  # run a 1-step generation on a newly loaded model before it serves
     # --- request limits
@@ -39,7 +40,7 @@ class ServeSettings:
     min_guidance: float = 0.0
     max_guidance: float = 20.0
     # --- concurrency
-    max_concurrency: int = 1             # generations running at once (each uses all of onnxruntime's threads)
+    max_concurrency: int = 1             # generations running at once (each on `threads` intra-op threads)
     max_queue: int = 8                   # requests allowed to wait for a slot; beyond that: 429 + Retry-After
     retry_after: int = 2                 # seconds, the Retry-After of a 429/503
     # --- access control (serving.access; README "Security model")
@@ -54,6 +55,11 @@ class ServeSettings:
     #                                      scaling the short side up to the model's size makes the resized frame
     #                                      this many times the model's area, whatever the pixel count
     disconnect_poll: float = 0.1         # seconds between checks that a generating client is still connected
+
+    @property
+    def session_threads(self) -> int | str:
+        """What the ORT pipeline is loaded with: the set count, or "auto" (timed at load)."""
+        return self.threads if self.threads is not None else "auto"
 
     def __post_init__(self) -> None:
         problems = []

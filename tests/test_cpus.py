@@ -47,10 +47,15 @@ def test_configure_process_sets_threads_unless_set(tmp_path):
     root = cgroup(tmp_path, "100000 100000")
     env: dict[str, str] = {}
     cpus.configure_process(env, root)
-    assert env == {"OMP_NUM_THREADS": "1"}
+    assert env == {"OMP_NUM_THREADS": "1", cpus.CHOSEN_ENV: "1"}
+    assert cpus.threads_adjustable(env)
     env = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "7"}
     cpus.configure_process(env, root)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "7"}   # the user's settings win
+    assert not cpus.threads_adjustable(env)                                 # and the count stays fixed
+    assert not cpus.threads_adjustable({"OMP_NUM_THREADS": "2", cpus.CHOSEN_ENV: "1"})
+    assert cpus.threads_adjustable({})
+    assert not cpus.threads_adjustable({cpus.TUNING_ENV: "off"})
     env = {cpus.TUNING_ENV: "off"}
     cpus.configure_process(env, root)
     assert env == {cpus.TUNING_ENV: "off"}

@@ -40,7 +40,8 @@ def test_caption_matches_ground_truth_motion(size):
     words = {w: (ux, uy) for (ux, uy), w in DIRECTIONS}
     for clip in make(size=size, second_object_prob=0.0):
         obj = clip.labels["objects"][0]
-        assert clip.caption == f"a {obj['color']} {obj['shape']} moves {obj['speed']} {obj['direction']}"
+        article = "an" if obj["color"][0] in "aeiou" else "a"  # "an orange square"
+        assert clip.caption == f"{article} {obj['color']} {obj['shape']} moves {obj['speed']} {obj['direction']}"
         ux, uy = words[obj["direction"]]
         speed = dict(SPEEDS)[obj["speed"]] * size // 64
         assert obj["velocity"] == [ux * speed, uy * speed]

@@ -86,7 +86,7 @@ def test_the_train_stage_under_torchrun_matches_one_process(tmp_path):
     for name in ("model", "ema"):
         assert_same_weights(load_file(project / "models/one/checkpoint" / f"{name}.safetensors"),
                             load_file(project / "models/two/checkpoint" / f"{name}.safetensors"))
-    m1 = json.loads((project / "models/one/metrics.json").read_text())
-    m2 = json.loads((project / "models/two/metrics.json").read_text())
+    m1 = json.loads((project / "models/one/results.json").read_text())
+    m2 = json.loads((project / "models/two/results.json").read_text())
     assert m2["steps"] == 4 and m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-3)
     assert not list(scratch.glob("dvdm-train-data-*"))  # the ranks' shared training arrays are removed

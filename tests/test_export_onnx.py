@@ -95,7 +95,7 @@ def test_decompose_search_settings_reach_the_ed_vdm_space(checkpoints):
     assert autoencoder_search_settings(checkpoints["mvres"].parent / "ae") == \
         {"search": 8, "strategy": "full", "static_threshold": 0.5, "match": "yuv"}
     # train-ae owns the latent channels, so it reports each space's target size (6x32x32, block 8, 5 latents)
-    ae_metrics = json.loads((checkpoints["mvres"].parent / "ae" / "metrics.json").read_text())
+    ae_metrics = json.loads((checkpoints["mvres"].parent / "ae" / "results.json").read_text())
     assert ae_metrics["target"]["values"]["mvres"] == 5 * 4 * 4 * 7
     space = VideoPipeline.from_checkpoint(checkpoints["mvres"] / "checkpoint", device="cpu").space
     assert (space.search, space.strategy, space.static_threshold, space.match) == (8, "full", 0.5, "yuv")

@@ -91,11 +91,16 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
     assert all(r.info.status == "FINISHED" for r in children)   # the retried stage has one run, not two
     train = next(r for r in children if r.data.tags["dvdm.stage"] == "train-diffusion")
     assert "loss" in train.data.metrics and "train.steps" in train.data.params
+    check_tracking(client, project, parent, train, first)
     from dvdm.tracking.registry import get_version
 
     mv = get_version(client, "champion", "dvdm")
-    files = {a.path for a in client.list_artifacts(mv.run_id, "model")}
-    assert {"model/manifest.json", "model/MODEL_CARD.md", "model/evaluation.json"} <= files
+    import mlflow.artifacts
+
+    top = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=mv.source)}
+    assert {"MLmodel", "data", "code"} <= top  # an MLflow pyfunc model (tests/test_mlflow_pyfunc.py)
+    files = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{mv.source}/data/export")}
+    assert {"manifest.json", "MODEL_CARD.md", "evaluation.json"} <= files  # the export inside it
 
     # nothing changed: every stage is skipped; the new version ties the champion, so it is not promoted
     calls.clear()
@@ -109,8 +114,8 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
     from flows.promote import promote
     from flows.retrain import retrain
 
-    psnr = float(client.get_model_version("dvdm", "2").tags["metric.psnr"])
-    client.set_model_version_tag("dvdm", "2", "metric.psnr", str(psnr + 1.0))
+    run_2 = client.get_model_version("dvdm", "2").run_id
+    client.log_metric(run_2, "psnr", client.get_run(run_2).data.metrics["psnr"] + 1.0)
     decision = promote(project=str(project), version="2")
     assert decision["promote"] is True and get_version(client, "champion", "dvdm").version in (2, "2")
     tags = client.get_model_version("dvdm", "2").tags
@@ -120,6 +125,36 @@ def test_pipeline_tracks_registers_promotes_and_skips(project, monkeypatch):
     calls.clear()
     r = retrain(project=str(project))
     assert r["retrained"] is False and "unchanged" in r["reason"] and calls == []
+
+
+def check_tracking(client, project: Path, parent, train, result: dict) -> None:
+    """What MLflow shows of a pipeline run: runs comparable on quality, real stage times, dense curves,
+    descriptions, git commit, datasets; the registered version without metric tags, its card renders."""
+    import json
+
+    assert {"psnr", "ssim", "swap_direction_accuracy", "train-diffusion/loss", "pipeline_seconds"} \
+        <= set(parent.data.metrics)
+    from dvdm.tracking.runs import GIT_COMMIT_TAG, git_commit
+
+    assert "ED-VDM" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags.get(GIT_COMMIT_TAG) == train.data.tags.get(GIT_COMMIT_TAG) == git_commit(project)
+    assert "Stage `train-diffusion`" in train.data.tags["mlflow.note.content"]
+    seconds = next(s["seconds"] for s in result["stages"] if s["stage"] == "train-diffusion")
+    assert train.info.end_time - train.info.start_time >= seconds * 1000 - 1  # the stage's time, not the logging's
+    logged = [json.loads(line) for line in (project / "models/diffusion/metrics.jsonl").read_text().splitlines()]
+    history = client.get_metric_history(train.info.run_id, "loss")
+    assert [m.step for m in history] == [r["step"] for r in logged if "loss" in r]  # every logged step
+    from flows.dvc_stages import data_hash
+
+    assert [(d.dataset.name, d.dataset.digest) for d in train.inputs.dataset_inputs] == \
+        [("data/ingested", data_hash(project))]  # the data it trained on, by its DVC hash
+    version = client.get_model_version("dvdm", result["model_version"])
+    assert not [t for t in version.tags if t.startswith("metric.")] and "ED-VDM" in version.description
+    import mlflow.artifacts
+
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
+    card = next(Path(folder).rglob("MODEL_CARD.md")).read_text()  # the UI renders it as markdown
+    assert card.startswith("# Model card") and "Method: **ED-VDM**" in card
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ taken only where it should be (not for training, export or batches)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -55,15 +56,32 @@ def test_training_batches_and_export_use_the_plain_conv(onednn_calls):
     assert onednn_calls == []
 
 
-def test_onnx_export_sees_a_plain_conv(tmp_path, onednn_calls):
+@pytest.mark.parametrize("kernel,stride,padding,conv_dims", [
+    ((1, 3, 3), 1, (0, 1, 1), 2), ((1, 3, 3), (1, 2, 2), (0, 1, 1), 2), ((3, 1, 1), 1, (1, 0, 0), 2),
+    (1, 1, 0, 2), ((3, 3, 3), 1, 1, 3)])
+def test_onnx_export_writes_factorised_kernels_as_2d_convs_with_the_same_numbers(
+        tmp_path, onednn_calls, kernel, stride, padding, conv_dims):
     pytest.importorskip("onnx")
-    ours, _ = _pair((1, 3, 3), (0, 1, 1))
-    ours.eval()
-    with torch.no_grad():
-        torch.onnx.export(ours, (torch.randn(1, 16, 5, 8, 8),), str(tmp_path / "conv.onnx"), dynamo=False,
-                          opset_version=17)
-    assert onednn_calls == []
+    ort = pytest.importorskip("onnxruntime")
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "conv.onnx")).graph.node}
-    assert ops == {"Conv"}
+    torch.manual_seed(0)
+    ours = Conv3d(16, 24, kernel, stride=stride, padding=padding).eval()
+    x = torch.randn(2, 16, 5, 8, 8)
+    with torch.no_grad():
+        want = ours(x)
+        torch.onnx.export(ours, (x,), str(tmp_path / "conv.onnx"), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    assert onednn_calls == []
+    model = onnx.load(str(tmp_path / "conv.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1
+    weight = next(i for i in model.graph.initializer if i.name == convs[0].input[1])
+    assert len(weight.dims) == 2 + conv_dims                       # 2D where the kernel is factorised
+    session = ort.InferenceSession(str(tmp_path / "conv.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (x, torch.randn(1, 16, 5, 8, 8)):                 # the batch axis stays dynamic
+        with torch.no_grad():
+            ref = ours(batch)
+        got = session.run(None, {"x": batch.numpy()})[0]
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
+    assert tuple(want.shape) == tuple(session.run(None, {"x": x.numpy()})[0].shape)

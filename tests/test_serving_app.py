@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from serving.app import create_app, decode_image  # noqa: E402
 from serving.errors import InvalidRequest  # noqa: E402
-from serving.model import parse_model_ref  # noqa: E402
+from dvdm.model_ref import parse_model_ref  # noqa: E402
 from serving.server import running_server, serve  # noqa: E402
 from serving.settings import ServeSettings  # noqa: E402
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from test_serving_app import build_tiny_export, http_post, post, read_frames, wa
 from dvdm.tracking import registry, runs  # noqa: E402
 from dvdm.tracking.store import open_client  # noqa: E402
 from serving.app import create_app  # noqa: E402
+from serving.mlflow_model import register_export  # noqa: E402
 from serving.server import running_server  # noqa: E402
 from serving.settings import ServeSettings  # noqa: E402
 
@@ -38,8 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def register(client, folder, key: str, fvd: float) -> str:
     run_id = runs.start_run(client, runs.experiment_name("serving-test"), f"serving-{key}")
-    registry.upload_model(client, run_id, folder)
-    mv = registry.register_version(client, run_id, name=NAME, metrics={"fvd": fvd}, alias=None)
+    mv = register_export(client, run_id, folder, name=NAME, metrics={"fvd": fvd}, alias=None)
     runs.end_run(client, run_id)
     return str(mv.version)
 
@@ -177,12 +176,14 @@ def test_hot_swap_under_concurrent_requests(store):
 def test_a_broken_new_version_is_not_swapped_in(store, tmp_path_factory):
     uri, client = store
     registry.set_alias(client, registry.CHAMPION, "2", NAME)
-    broken = tmp_path_factory.mktemp("broken-export") / "export"
-    shutil.copytree(build_tiny_export(tmp_path_factory), broken)
-    data = bytearray((broken / "denoiser.onnx").read_bytes())
+    # registration refuses a corrupt export (sha256), so the version's stored copy is corrupted afterwards
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    bad = register(client, build_tiny_export(tmp_path_factory), "broken", 80.0)
+    stored = Path(local_file_uri_to_path(client.get_model_version(NAME, bad).source)) / "data/export/denoiser.onnx"
+    data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (broken / "denoiser.onnx").write_bytes(bytes(data))
-    bad = register(client, broken, "broken", 80.0)
+    stored.write_bytes(bytes(data))
 
     app = create_app("models:/dvdm@champion", settings=settings(uri))
     manager = app.state.manager

@@ -194,8 +194,9 @@ def test_cli_sample_bad_inputs(tmp_path):
     (tmp_path / "notamodel").mkdir()
     (tmp_path / "weights.pt").write_bytes(b"\x80\x04not a checkpoint")
     base = ["sample", "--image", "frame.png", "--out", "v.mp4"]
-    _assert_clean_error(dvdm(*base, "--model", "notamodel", cwd=tmp_path), "not a dvdm checkpoint")
-    _assert_clean_error(dvdm(*base, "--model", "weights.pt", cwd=tmp_path), "not a dvdm checkpoint")
+    _assert_clean_error(dvdm(*base, "--model", "notamodel", cwd=tmp_path), "not a dvdm model", "manifest.json")
+    _assert_clean_error(dvdm(*base, "--model", "weights.pt", cwd=tmp_path), "not a dvdm model: a file")
+    _assert_clean_error(dvdm(*base, "--model", "models:/dvdm", cwd=tmp_path), "models:/dvdm@champion")
     _assert_clean_error(dvdm("sample", "--model", "notamodel", "--image", "missing.png", "--out", "v.mp4",
                              cwd=tmp_path), "missing.png")
     _assert_clean_error(dvdm("sample", "--model", "notamodel", "--image", "frame.png", "--out", "v.avi",

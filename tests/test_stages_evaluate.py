@@ -36,12 +36,16 @@ def test_evaluate_stage_writes_report_metrics_and_videos(tiny_model, tmp_path):
                             prompt_swap_clips=0, prompt_swap_drawn=0)  # the prompt swap has its own tests
     m = run_evaluate(params, tiny_model, data, tmp_path / "eval", tmp_path / "metrics.json")
     out = tmp_path / "eval"
-    for name in ("metrics.json", "report.md", "grid.gif", "grid.mp4", "psnr_per_frame.png", "ssim_per_frame.png",
+    for name in ("results.json", "report.md", "grid.gif", "grid.mp4", "psnr_per_frame.png", "ssim_per_frame.png",
                  "per_frame.json"):
         assert (out / name).is_file(), name
     names = sorted(p.name for p in (out / "samples").glob("*.mp4"))
     assert len(names) == 4 and names[0].endswith("-seed0.mp4"), names   # 2 clips x 2 seeds, distinct files
-    assert json.loads((tmp_path / "metrics.json").read_text())["n_clips"] == 4
+    # the DVC metrics file: the headline, under the names every stage shares (dvdm.stages.metrics_file)
+    from dvdm.stages.metrics_file import headline
+
+    assert json.loads((tmp_path / "metrics.json").read_text()) == headline(
+        {"clips": 4, "psnr": m["psnr"], "ssim": m["ssim"], "fvd": m.get("fvd")})
     assert m["n_clips"] == 4 and m["n_real_clips"] == 2 and m["split"] == "test" and m["space"] == "rgb"
     assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and m["sample_seconds_per_clip"] > 0
     # synthetic labels -> motion-following is scored; an untrained model is near chance, not perfect

@@ -72,14 +72,18 @@ def test_model_card_has_every_section(tmp_path):
                                    "clips": {"train": 64, "test": 8}},
                              training={"steps": 300, "lr": 2e-4, "config": {"train": {"steps": 300}}},
                              evaluation=EVALUATION, version=3)
-    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
-    meta = yaml.safe_load(front)
-    assert meta["pipeline_tag"] == "image-to-video" and "mvres" in meta["tags"]
+    body = card
+    # the Hub's metadata is a fenced YAML block: as front matter, the MLflow UI's markdown would run it into
+    # one heading line
+    assert not card.startswith("---") and card.startswith("# Model card: dvdm v3\n")
+    meta = yaml.safe_load(card.split("## Metadata", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert meta["pipeline_tag"] == "image-to-video" and {"mvres", "ED-VDM"} <= set(meta["tags"])
     assert meta["datasets"] == ["synthetic"]
     for section in ("# Model card: dvdm v3", "## Model details", "## Intended use", "## Training data",
                     "## Training procedure", "## Evaluation", "### FVD protocol", "## Limitations and risks",
-                    "## How to use"):
+                    "## How to use", "## Metadata"):
         assert section in body, section
+    assert "Method: **ED-VDM**." in body and "D-VDM" not in body.replace("ED-VDM", "")
     assert body.index("## Intended use") < body.index("## Training data") < body.index("## Evaluation")
     assert "| FVD (I3D), lower is better | 312.5 |" in body
     assert "| frames | 16 |" in body and "| n_real | 8 |" in body and "ab" * 32 in body
@@ -94,3 +98,12 @@ def test_model_card_says_why_fvd_is_missing():
     card = render_model_card(model={"space": "rgb"}, data={}, training={},
                              evaluation={"psnr": 20.0, "fvd_skipped": "clips have 8 frames"})
     assert "FVD was not computed: clips have 8 frames." in card
+
+
+@pytest.mark.parametrize("space, method", [("mvres", "ED-VDM"), ("diff", "D-VDM"), ("rgb", "VDM baseline")])
+def test_model_card_names_the_method_of_its_space(space, method):
+    from dvdm.tracking.model_card import method_name
+
+    assert method_name(space) == method and method_name("no-such-space") is None
+    card = render_model_card(model={"space": space}, data={}, training={}, evaluation={})
+    assert f"Method: **{method}**." in card and f"- {method}\n" in card  # details and the metadata's tags

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import pytest
 
@@ -32,10 +33,15 @@ def export_dir(tmp_path):
     return out
 
 
+def copy_of(folder):
+    """A `write` for registry.log_model: the folder's files as they are (no MLflow flavor)."""
+    return lambda path, mlflow_model: shutil.copytree(folder, path)
+
+
 def _version(client, name, export_dir, metrics, key):
     run_id = runs.start_run(client, runs.experiment_name("synthetic-reg"), f"{name}-{key}")
-    registry.upload_model(client, run_id, export_dir)
-    mv = registry.register_version(client, run_id, name=name, metrics=metrics, tags={"dvdm.space": "mvres"})
+    model = registry.log_model(client, run_id, copy_of(export_dir))
+    mv = registry.register_version(client, model.model_id, name=name, metrics=metrics, tags={"dvdm.space": "mvres"})
     runs.end_run(client, run_id)
     return mv
 
@@ -47,14 +53,18 @@ def test_register_alias_list_download_roundtrip(client, export_dir, tmp_path):
     assert int(mv.version) == 1
     assert mv.tags["metric.fvd"] == "321.5" and mv.tags["metric.fvd_protocol.n_real"] == "8.0"
     assert "metric.split" not in mv.tags and mv.tags["dvdm.space"] == "mvres"
-    assert mv.source.endswith("/artifacts/model") and mv.source.startswith("file://")
+    model = client.get_logged_model(client.get_run(mv.run_id).outputs.model_outputs[0].model_id)
+    assert mv.source == model.artifact_location and mv.source.startswith("file://")  # the logged model's files
+    assert json.loads(model.tags[registry.MODEL_VERSIONS_TAG]) == [{"name": name, "version": "1"}]
     assert registry.get_version(client, registry.CHALLENGER, name).version == mv.version
     assert registry.version_by_alias(client, registry.CHAMPION, name) is None
 
-    # a retried registration of the same run returns the same version
-    again = registry.register_version(client, mv.run_id, name=name, metrics=metrics)
+    # a retried logging and registration of the same run returns the same model and version
+    assert registry.log_model(client, mv.run_id, copy_of(export_dir)).model_id == model.model_id
+    again = registry.register_version(client, model.model_id, name=name, metrics=metrics)
     assert again.version == mv.version
     assert len(client.search_model_versions(f"name='{name}'")) == 1
+    assert len(json.loads(client.get_logged_model(model.model_id).tags[registry.MODEL_VERSIONS_TAG])) == 1
 
     registry.set_alias(client, registry.CHAMPION, mv.version, name)
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == mv.version
@@ -83,12 +93,22 @@ def test_register_alias_list_download_roundtrip(client, export_dir, tmp_path):
         registry.get_version(client, 7, name)
 
 
-def test_register_refuses_a_run_without_the_model_folder(client, tmp_path):
-    run_id = runs.start_run(client, runs.experiment_name("synthetic-reg"), "empty")
-    with pytest.raises(TrackingError, match="no artifacts under 'model'"):
-        registry.register_version(client, run_id, name="dvdm-empty")
-    with pytest.raises(TrackingError, match="no exported model folder"):
-        registry.upload_model(client, run_id, tmp_path)
+def test_a_model_whose_files_failed_is_never_registered(client, tmp_path, export_dir):
+    run_id = runs.start_run(client, runs.experiment_name("synthetic-reg"), "failing")
+
+    def broken(path, mlflow_model):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        registry.log_model(client, run_id, broken)
+    failed = client.get_logged_model(client.get_run(run_id).outputs.model_outputs[0].model_id)
+    assert failed.status == "FAILED"
+    with pytest.raises(TrackingError, match="not READY"):
+        registry.register_version(client, failed.model_id, name="dvdm-failed")
+    with pytest.raises(TrackingError, match="no logged model m-missing"):
+        registry.register_version(client, "m-missing", name="dvdm-failed")
+    retried = registry.log_model(client, run_id, copy_of(export_dir))  # a retry logs the files anew
+    assert retried.model_id != failed.model_id and retried.status == "READY"
 
 
 def test_version_metrics_fall_back_to_the_run(client, export_dir):
@@ -141,3 +161,14 @@ def test_promote_moves_the_alias_only_on_a_win(client, export_dir):
     rows = registry.list_versions(client, name)
     assert [r["version"] for r in rows] == [4, 3, 2, 1]
     assert rows[1]["aliases"] == ["champion"] and rows[0]["aliases"] == ["challenger"]
+
+
+def test_a_version_registered_as_a_run_artifact_folder_still_downloads(client, export_dir, tmp_path):
+    """Versions registered before they were logged models: the run's artifact folder `model`, flat."""
+    run_id = runs.start_run(client, runs.experiment_name("synthetic-reg"), "old-layout")
+    client.log_artifacts(run_id, str(export_dir), "model")
+    registry.ensure_registered_model(client, "dvdm-old")
+    client.create_model_version("dvdm-old", source=f"{client.get_run(run_id).info.artifact_uri}/model", run_id=run_id)
+    dst = registry.download_version(client, tmp_path / "old", 1, "dvdm-old")
+    assert sorted(p.name for p in dst.iterdir()) == ["README.md", "denoiser.onnx", "manifest.json",
+                                                     registry.VERSION_FILE]

@@ -7,6 +7,7 @@ independent. The URI is always explicit: nothing here touches ./work or the call
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,34 @@ def test_tracked_run_statuses(client):
         runs.start_run(client, exp, "it's")
 
 
+def test_a_run_logged_after_its_work_shows_the_real_duration_curve_description_and_data(client, tmp_path):
+    exp = runs.experiment_name("synthetic-times")
+    parent = runs.start_run(client, exp, "flow-times")
+    with runs.tracked_run(client, "train", parent_run_id=parent, start_time_ms=1_000_000,
+                          end_time_ms=1_090_000) as child:
+        runs.set_description(client, child, "Stage `train`: **ran**")
+        # a training curve: every logged step at its own step and time (200 points, not one per call)
+        assert runs.log_history(client, child, [(s, 1_000_000 + 400 * s, {"loss": 1 / s, "note": "x"})
+                                                for s in range(1, 201)]) == 200
+        for _ in range(2):  # a retried task logs the same dataset again: still one input
+            runs.log_dataset(client, child, "data/ingested", "a" * 32 + ".dir", context="train-diffusion")
+    run = client.get_run(child)
+    assert (run.info.start_time, run.info.end_time) == (1_000_000, 1_090_000)  # 90 s, not the logging time
+    assert run.data.tags[runs.DESCRIPTION_TAG] == "Stage `train`: **ran**"
+    history = client.get_metric_history(child, "loss")
+    assert [m.step for m in history] == list(range(1, 201)) and history[-1].timestamp == 1_080_000
+    (dataset,) = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("data/ingested", "a" * 32 + ".dir")
+    assert json.loads(dataset.dataset.source) == {"uri": "data/ingested"}  # where dvc pull puts it, anywhere
+    assert [(t.key, t.value) for t in dataset.tags] == [(runs.DATASET_CONTEXT_TAG, "train-diffusion")]
+
+
+def test_measured_values_leave_settings_and_protocols_out():
+    results = {"psnr": 24.5, "n_clips": 8, "space": "mvres", "motion_chance": {"direction": 0.125},
+               "params": {"steps": 25}, "fvd_protocol": {"n_real": 8}, "ssim_protocol": {"window": 11}}
+    assert runs.measured_values(results) == {"psnr": 24.5, "n_clips": 8.0, "motion_chance.direction": 0.125}
+
+
 # ---------------------------------------------------------------------------------------------- provenance
 
 
@@ -196,6 +225,9 @@ stages:
 
 def test_git_commit_outside_a_repo(tmp_path):
     assert runs.git_commit(tmp_path) is None
+    assert runs.source_tags("dvdm pipeline", tmp_path) == {runs.SOURCE_NAME_TAG: "dvdm pipeline",
+                                                           runs.SOURCE_TYPE_TAG: "LOCAL"}
+    assert runs.source_tags("dvdm train", Path.cwd()).get(runs.GIT_COMMIT_TAG) == runs.git_commit(Path.cwd())
 
 
 def test_clean_key():

@@ -62,9 +62,17 @@ def trajectory_inside(start: tuple[float, float], size: float, velocity: tuple[f
     return x_lo <= start[0] <= x_hi and y_lo <= start[1] <= y_hi
 
 
+def indefinite_article(word: str) -> str:
+    """The article a caption puts before a palette word: "an orange", "a red" (no colour here starts with a
+    silent or a sounded-as-consonant letter, so the first letter decides)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def describe(color: str, shape: str, speed_index: int, direction_index: int) -> str:
-    """The caption of one object's motion: "a red circle moves slowly up and to the left"."""
-    return f"a {color} {shape} moves {SPEEDS[speed_index][0]} {DIRECTIONS[direction_index][1]}"
+    """The caption of one object's motion: "a red circle moves slowly up and to the left", "an orange square
+    moves quickly down"."""
+    return (f"{indefinite_article(color)} {color} {shape} moves {SPEEDS[speed_index][0]} "
+            f"{DIRECTIONS[direction_index][1]}")
 
 
 def _shape_mask(shape: str, size: int) -> np.ndarray:

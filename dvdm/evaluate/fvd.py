@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from dvdm.errors import ClipTooShortError
 from dvdm.evaluate.errors import EvaluationError
 from dvdm.evaluate.i3d import INPUT_SIZE, I3D, load_i3d
+from dvdm.utils.progress import Progress
 
 FRAMES = 16
 BATCH_SIZE = 8
@@ -173,11 +174,12 @@ def _device(device: str | torch.device) -> torch.device:
 def extract_features(clips: Iterable[Any], *, names: Sequence[str] | None = None, model: I3D | None = None,
                      weights: str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
                      batch_size: int = BATCH_SIZE, frames: int = FRAMES, kind: str = "logits",
-                     resize: str = RESIZE) -> VideoFeatures:
+                     resize: str = RESIZE, label: str = "I3D features") -> VideoFeatures:
     """I3D features of uint8 (T, H, W, 3) clips (any iterable: clips are read and processed batch by batch).
 
     `names` label the clips in error messages. `kind`: "logits" (400-d, the FVD standard) or "pool" (1024-d).
     `resize`: how frames reach 224x224, a key of RESIZE_METHODS ("tf1", the original code's, by default).
+    `label` names its progress (`dvdm.utils.progress`).
     Raises ClipTooShortError for a clip shorter than `frames`, EvaluationError for an empty set,
     I3DWeightsMissing when the weights are not installed.
     """
@@ -193,19 +195,23 @@ def extract_features(clips: Iterable[Any], *, names: Sequence[str] | None = None
     sizes: Counter = Counter()
     batch: list[np.ndarray] = []
 
+    progress = Progress(label, len(clips) if isinstance(clips, Sized) else None, "clip")
+
     def flush() -> None:
         with torch.inference_mode(), _exact_float32():
             feats.append(model.features(preprocess(batch, device=dev, resize=resize), kind).double().cpu().numpy())
+        progress.advance(len(batch))
         batch.clear()
 
-    for i, clip in enumerate(clips):
-        clip = _as_clip(clip, i, names[i] if names is not None and i < len(names) else None, frames)
-        sizes[f"{clip.shape[1]}x{clip.shape[2]}"] += 1
-        batch.append(clip)
-        if len(batch) == batch_size:
+    with progress:
+        for i, clip in enumerate(clips):
+            clip = _as_clip(clip, i, names[i] if names is not None and i < len(names) else None, frames)
+            sizes[f"{clip.shape[1]}x{clip.shape[2]}"] += 1
+            batch.append(clip)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     if not feats:
         raise EvaluationError("no clips to compute video features from (the set is empty)")
     return VideoFeatures(np.concatenate(feats), sizes, model.sha256, frames, kind, resize)

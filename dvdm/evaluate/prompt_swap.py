@@ -31,6 +31,7 @@ import numpy as np
 
 from dvdm.data.synthetic import COLORS, DIRECTIONS, SHAPES, SPEEDS, describe, speeds_px, trajectory_inside
 from dvdm.evaluate.motion_following import STATIC, estimate_motion
+from dvdm.utils.progress import Progress
 
 Generate = Callable[[np.ndarray, list[str], list[int]], np.ndarray]
 """(first frames uint8 (B, H, W, 3), prompts, seeds) -> videos uint8 (B, T, H, W, 3)."""
@@ -170,23 +171,25 @@ def first_frame_sets(records: Sequence[dict], clips: Sequence[np.ndarray], held_
 
 # ---------------------------------------------------------------------------------- the test
 def run_prompt_swap(generate: Generate, first_frames: Sequence[FirstFrame], seed: int = 0, batch_size: int = 8,
-                    speeds: Sequence[int] | None = None) -> dict[str, Any]:
+                    speeds: Sequence[int] | None = None, label: str = "prompt swap") -> dict[str, Any]:
     """Generate every first frame with every prompt and score the measured motion against the asked one.
 
     Returns the scores of the prompts that keep the object inside the frame (`n` of them; `n_out_of_frame`
     others, scored apart with them in `all_prompts`), the confusion matrix of those (rows: asked direction;
     columns: measured direction, then static/lost) and `videos[i][j]`: the video of first frame i with prompt j
-    (for grids).
+    (for grids). `label` names its progress (`dvdm.utils.progress`).
     """
     if not first_frames:
         raise ValueError("the prompt-swap test needs at least one first frame")
     jobs = [(i, p) for i, f in enumerate(first_frames) for p in swap_prompts(f.color, f.shape, speeds)]
     videos: list[np.ndarray] = []
-    for b in range(0, len(jobs), batch_size):
-        chunk = jobs[b:b + batch_size]
-        images = np.stack([first_frames[i].image for i, _ in chunk])
-        out = generate(images, [p.text for _, p in chunk], [seed + b + k for k in range(len(chunk))])
-        videos.extend(np.asarray(v) for v in out)
+    with Progress(label, len(jobs), "clip") as progress:
+        for b in range(0, len(jobs), batch_size):
+            chunk = jobs[b:b + batch_size]
+            images = np.stack([first_frames[i].image for i, _ in chunk])
+            out = generate(images, [p.text for _, p in chunk], [seed + b + k for k in range(len(chunk))])
+            videos.extend(np.asarray(v) for v in out)
+            progress.update(len(videos))
     n_dir = len(DIRECTIONS)
     confusion = np.zeros((n_dir, n_dir + 1), np.int64)
     per_sample = []

@@ -35,11 +35,14 @@ from dvdm.export.graphs import (
     ResidualDecoderGraph,
     export_graph,
 )
+from dvdm.model_ref import checkpoint_folder
 from dvdm.runtime.ddim import SOLVERS
 from dvdm.runtime.decode import needs_residual_decoder
+from dvdm.runtime.first_frame import resize_policy
 from dvdm.runtime.image import IMAGE_DIVIDE, IMAGE_SUBTRACT
 from dvdm.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARITY, file_entries, sha256_file
 from dvdm.utils.atomic import atomic_dir, write_json
+from dvdm.utils.progress import Progress
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -75,8 +78,7 @@ class ExportResult:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A train-diffusion run directory or its `checkpoint/` folder -> the checkpoint folder."""
-    p = Path(path)
-    return p / "checkpoint" if (p / "checkpoint" / "config.json").is_file() else p
+    return checkpoint_folder(path)
 
 
 def _check_settings(opset: int, steps: int, guidance: float, eta: float, num_timesteps: int,
@@ -125,11 +127,16 @@ def export_model(checkpoint_dir: str | Path, out_dir: str | Path, *, weights: st
     config = json.loads((ckpt_dir / "config.json").read_text())
     spec = _check_model(pipe, config, ckpt_dir)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        graphs, modules = _export_networks(pipe, spec, tmp, opset)
+    with_text = pipe.model.text_mlp is not None
+    n_graphs = 2 + needs_residual_decoder(spec) + with_text
+    # the parts: every graph exported; with parity, every graph checked, the tokenizer and the end-to-end run
+    parts = n_graphs + (n_graphs + with_text + 1 if parity else 0)
+    with atomic_dir(out_dir) as tmp, Progress("export", parts, "part") as progress:
+        graphs, modules = _export_networks(pipe, spec, tmp, opset, progress)
         text_block, extra_files = None, []
-        if pipe.model.text_mlp is not None:
+        if with_text:
             text_block, extra_files = _export_text(pipe, tmp, opset, graphs, modules)
+            progress.advance(current="text_encoder exported")
         manifest = _manifest(pipe, spec, ckpt_dir, config, weights, opset, graphs, text_block,
                              sampler={"name": sampler, "steps": steps, "guidance": float(guidance), "eta": float(eta),
                                       "timesteps": "round(linspace(T-1, 0, steps))"},
@@ -141,7 +148,8 @@ def export_model(checkpoint_dir: str | Path, out_dir: str | Path, *, weights: st
             report = _parity(pipe, tmp, modules, spec, graph_tolerance=graph_tolerance,
                              steps=min(parity_steps, pipe.diffusion.num_timesteps),
                              guidance=default_guidance if parity_guidance is None else parity_guidance,
-                             samples=parity_samples, min_psnr=min_psnr, threads=threads, sampler=sampler)
+                             samples=parity_samples, min_psnr=min_psnr, threads=threads, sampler=sampler,
+                             progress=progress)
             (tmp / PARITY).write_text(json.dumps(report, indent=2) + "\n")
             manifest["parity"] = {"passed": report["passed"], "psnr_db": report["end_to_end"]["psnr_db"],
                                   "graphs": {k: v["max_abs_diff"] for k, v in report["graphs"].items()}}
@@ -177,7 +185,8 @@ Graphs = dict[str, dict[str, Any]]
 Modules = dict[str, tuple[torch.nn.Module, Callable[..., dict[str, torch.Tensor]]]]
 
 
-def _export_networks(pipe, spec: dict[str, Any], folder: Path, opset: int) -> tuple[Graphs, Modules]:
+def _export_networks(pipe, spec: dict[str, Any], folder: Path, opset: int,
+                     progress: Progress) -> tuple[Graphs, Modules]:
     """denoiser, image_encoder and (codec spaces) residual_decoder graphs; each with its torch module and
     a random-input factory `make(batch, seed)` for the parity check."""
     model, diffusion = pipe.model, pipe.diffusion
@@ -201,13 +210,13 @@ def _export_networks(pipe, spec: dict[str, Any], folder: Path, opset: int) -> tu
     denoiser = DenoiserGraph(model, with_text).eval()
     image_encoder = ImageEncoderGraph(model, (gh, gw)).eval()
     dynamic = {name: {0: BATCH} for name in denoiser_inputs(1)}
-    graphs = {
-        "denoiser": export_graph(denoiser, denoiser_inputs(2), ["model_output"], folder / "denoiser.onnx", opset,
-                                 {**dynamic, "model_output": {0: BATCH}}),
-        "image_encoder": export_graph(image_encoder, image_inputs(2), ["image_features"],
-                                      folder / "image_encoder.onnx", opset,
-                                      {"first_frame": {0: BATCH}, "image_features": {0: BATCH}}),
-    }
+    graphs = {"denoiser": export_graph(denoiser, denoiser_inputs(2), ["model_output"], folder / "denoiser.onnx",
+                                       opset, {**dynamic, "model_output": {0: BATCH}})}
+    progress.advance(current="denoiser exported")
+    graphs["image_encoder"] = export_graph(image_encoder, image_inputs(2), ["image_features"],
+                                           folder / "image_encoder.onnx", opset,
+                                           {"first_frame": {0: BATCH}, "image_features": {0: BATCH}})
+    progress.advance(current="image_encoder exported")
     modules: Modules = {"denoiser": (denoiser, denoiser_inputs), "image_encoder": (image_encoder, image_inputs)}
     if needs_residual_decoder(spec):
         k, name = int(spec["residual"]["latent_channels"]), spec["residual"]["graph"]
@@ -220,6 +229,7 @@ def _export_networks(pipe, spec: dict[str, Any], folder: Path, opset: int) -> tu
         graphs[name] = export_graph(residual, latent_inputs(2), ["residual"], folder / f"{name}.onnx", opset,
                                     {"latent": {0: BATCH}, "residual": {0: BATCH}})
         modules[name] = (residual, latent_inputs)
+        progress.advance(current=f"{name} exported")
     return graphs, modules
 
 
@@ -272,7 +282,7 @@ def _manifest(pipe, spec: dict[str, Any], ckpt_dir: Path, config: dict[str, Any]
         "source": {"checkpoint": str(ckpt_dir), "step": int(config.get("step", 0)), "weights": weights,
                    "weights_sha256": sha256_file(ckpt_dir / f"{weights}.safetensors"),
                    "config_sha256": sha256_file(ckpt_dir / "config.json"), "torch_version": torch.__version__},
-        "space": {"name": space.name, "config": space.config()},
+        "space": {"name": space.name, "description": space.description, "config": space.config()},
         "clip": {"frames": pipe.frames, "height": height, "width": width},
         "target_shape": [int(v) for v in space.target_shape(pipe.frames, height, width)],
         "normalization": {"mean": norm["mean"], "std": norm["std"]},
@@ -282,7 +292,7 @@ def _manifest(pipe, spec: dict[str, Any], ckpt_dir: Path, config: dict[str, Any]
         "sampler": sampler,
         # what `dvdm sample` does to an image of another size, then dvdm.pipeline.image_to_tensor
         "image": {"height": height, "width": width, "layout": "NCHW", "divide": IMAGE_DIVIDE,
-                  "subtract": IMAGE_SUBTRACT, "resize": "short_side_center_crop" if height == width else "stretch",
+                  "subtract": IMAGE_SUBTRACT, "resize": resize_policy(height, width),
                   "resize_mode": "area"},
         "text": text_block,
         "decode": spec,
@@ -293,7 +303,7 @@ def _manifest(pipe, spec: dict[str, Any], ckpt_dir: Path, config: dict[str, Any]
 
 
 def _parity(pipe, folder: Path, modules: Modules, spec: dict[str, Any], *, graph_tolerance: float, steps: int,
-            guidance: float, samples: int, min_psnr: float, threads: int | None,
+            guidance: float, samples: int, min_psnr: float, threads: int | None, progress: Progress,
             sampler: str = "ddim") -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -305,14 +315,17 @@ def _parity(pipe, folder: Path, modules: Modules, spec: dict[str, Any], *, graph
                               "provider": ort_pipe.provider, "graphs": {}}
     for name, (module, make_inputs) in modules.items():
         report["graphs"][name] = graph_parity(ort_pipe.sessions[name], module, make_inputs, graph_tolerance)
+        progress.advance(current=f"{name} parity checked")
     if pipe.text_encoder is not None:
         report["tokenizer"] = tokenizer_parity(pipe.text_encoder, ort_pipe.text_encoder)
+        progress.advance(current="tokenizer parity checked")
     firsts = parity_first_frames(max(samples, 1), pipe.height, pipe.width)
     prompts = [E2E_PROMPTS[i % len(E2E_PROMPTS)] for i in range(len(firsts))] \
         if pipe.text_encoder is not None else None
     report["end_to_end"] = end_to_end(pipe, ort_pipe, first_frames=firsts, prompts=prompts, steps=steps,
                                       guidance=guidance, seeds=list(range(len(firsts))), min_psnr=min_psnr,
                                       sampler=sampler)
+    progress.advance(current="end-to-end parity checked")
     report["passed"] = bool(all(g["passed"] for g in report["graphs"].values())
                             and all(report[k]["passed"] for k in ("end_to_end", "tokenizer") if k in report))
     return report

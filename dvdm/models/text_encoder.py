@@ -115,10 +115,18 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        backbone = AutoModel.from_pretrained(str(self.path), local_files_only=True, use_safetensors=True,
-                                             trust_remote_code=False)
+        # no "Loading weights" bar over the stage's own progress (a 90 MB local file loads in a second)
+        bars = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            backbone = AutoModel.from_pretrained(str(self.path), local_files_only=True, use_safetensors=True,
+                                                 trust_remote_code=False)
+        finally:
+            if bars:
+                transformers_logging.enable_progress_bar()
         embedder = SentenceEmbedder(backbone).to(self.device).eval()
         embedder.requires_grad_(False)
         self._embedder = embedder

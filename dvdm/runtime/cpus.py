@@ -21,6 +21,9 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 TUNING_ENV = "DVDM_CPU_TUNING"  # "off": no thread sizing, no passive waiting (the libraries' defaults)
+# the OMP_NUM_THREADS value configure_process chose (inherited by child processes, e.g. DVC's stage commands),
+# to tell it from a count the user fixed
+CHOSEN_ENV = "DVDM_CHOSEN_OMP_NUM_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -77,7 +80,18 @@ def configure_process(environ: MutableMapping[str, str] | None = None, root: Pat
     # OpenMP keeps its default spin-then-sleep waiting: fully passive waiting (OMP_WAIT_POLICY=PASSIVE)
     # halved the busy-machine slowdown of tiny training but made it 1.6-1.75x slower on a quiet machine
     # (benchmarks/busy_machine.py, docs/DECISIONS.md); users on shared hosts can still set it.
-    environ.setdefault("OMP_NUM_THREADS", str(process_threads(environ, root)))
+    if "OMP_NUM_THREADS" not in environ:
+        environ["OMP_NUM_THREADS"] = environ[CHOSEN_ENV] = str(process_threads(environ, root))
+
+
+def threads_adjustable(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Whether dvdm may change the intra-op thread count at run time (`dvdm.train.thread_governor`): tuning is
+    on and the count is not one the user fixed in OMP_NUM_THREADS."""
+    environ = os.environ if environ is None else environ
+    if not tuning_enabled(environ):
+        return False
+    fixed = environ.get("OMP_NUM_THREADS")
+    return fixed is None or environ.get(CHOSEN_ENV) == fixed
 
 
 def ort_threads(environ: MutableMapping[str, str] | None = None) -> int | None:

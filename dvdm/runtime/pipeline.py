@@ -2,6 +2,8 @@
 
     pipe = OrtVideoPipeline.from_export("models/export")          # verifies every file's sha256
     video = pipe.generate(image, "a red circle moves up", steps=25, guidance=1.0, seed=0)  # (T, H, W, 3)
+    pipe = OrtVideoPipeline.from_pretrained("models:/dvdm@champion")  # or an export folder
+    video = pipe("first.png", "a red circle moves up", seed=0)     # a path, PIL image or uint8 array
 
 The same computation as the torch `dvdm.pipeline.VideoPipeline`: the image is scaled to [-1, 1] (NCHW) and
 encoded once per request by the `image_encoder` graph; the prompt by the `text_encoder` graph; DDIM runs in
@@ -29,15 +31,16 @@ import numpy as np
 
 from dvdm.runtime.ddim import DDIM, SOLVERS
 from dvdm.runtime.decode import check_spec, decode_target, needs_residual_decoder
-from dvdm.runtime.errors import InvalidRequest, ManifestError
+from dvdm.runtime.errors import InvalidRequest, ManifestError, ProviderError
+from dvdm.runtime.first_frame import RESIZE_POLICIES, fit_first_frame, is_one_image
 from dvdm.runtime.guidance import check_guidance, guide
 from dvdm.runtime.manifest import load_manifest
 from dvdm.runtime.normalize import Normalizer
+from dvdm.runtime.batch_sessions import BatchSizedSessions
+from dvdm.runtime.thread_choice import AUTO, fastest_denoiser
 from dvdm.runtime.sessions import ProviderChoice, choose_provider, create_session
 
 log = logging.getLogger("dvdm.runtime.pipeline")
-
-RESIZE_POLICIES = ("short_side_center_crop", "stretch")
 
 
 class OrtVideoPipeline:
@@ -67,24 +70,43 @@ class OrtVideoPipeline:
         self.image = manifest["image"]
         if self.image.get("resize") not in RESIZE_POLICIES:
             raise ManifestError(f"{export_dir}: image.resize must be one of {RESIZE_POLICIES}")
+        if self.image["resize"] == "short_side_center_crop" and self.height != self.width:
+            raise ManifestError(f"{export_dir}: image.resize short_side_center_crop needs a square model size")
         self.decode_spec = manifest["decode"]
         check_spec(self.decode_spec)
         text = manifest["text"]
         self._null_text = None if text is None else np.asarray(text["null_embedding"], np.float32)[None]
         self.last_seconds = 0.0
+        self.threads: int | None = None            # intra-op threads per session (None: dvdm.runtime.cpus)
+        self.thread_timings: dict[int, float] = {}  # seconds per denoiser call of each count timed ("auto")
+        self.download: Any = None  # from_pretrained: the LocalModel whose temporary folder holds a registry version
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_export(cls, export_dir: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
-                    verify: bool = True, choice: ProviderChoice | None = None) -> OrtVideoPipeline:
+    def from_export(cls, export_dir: str | os.PathLike[str], *, provider: str = "auto",
+                    threads: int | str | None = None, verify: bool = True,
+                    choice: ProviderChoice | None = None) -> OrtVideoPipeline:
         """Load an export folder: check the manifest and every file's sha256 (refusing a tampered folder
         with ExportIntegrityError), pick the provider (`auto`: CUDA if it really works, else CPU) and open
         one session per graph. `threads`: intra-op threads per session (None: the CPUs this process may
-        use, `dvdm.runtime.cpus`)."""
+        use, `dvdm.runtime.cpus`; "auto": on CPU, whichever of that and one thread runs the denoiser
+        faster, timed now: `dvdm.runtime.thread_choice`)."""
         root = Path(export_dir)
         manifest = load_manifest(root, verify=verify)
         choice = choice or choose_provider(provider)
-        sessions = {name: create_session(root / spec["file"], choice, threads)
+        if threads is not None and threads != AUTO and not (isinstance(threads, int) and threads >= 1):
+            raise ProviderError(f"threads must be an integer >= 1, {AUTO!r} or None, got {threads!r}")
+        denoiser, timings = None, {}
+        if threads == AUTO:
+            graph = manifest["graphs"].get("denoiser", {}).get("file")
+            if choice.name == "cpu" and graph:
+                guided = manifest["text"] is not None and float(manifest["sampler"].get("guidance", 1.0)) != 1.0
+                threads, denoiser, timings = fastest_denoiser(root / graph, choice, 2 if guided else 1)
+            else:
+                threads = None
+        # the denoiser runs once per sampling step: a session per batch size (BatchSizedSessions)
+        sessions = {name: (denoiser or BatchSizedSessions(root / spec["file"], choice, threads))
+                    if name == "denoiser" else create_session(root / spec["file"], choice, threads)
                     for name, spec in manifest["graphs"].items()}
         for required in ("denoiser", "image_encoder"):
             if required not in sessions:
@@ -103,8 +125,30 @@ class OrtVideoPipeline:
             text_encoder = OrtTextEncoder(root / manifest["text"]["tokenizer"], sessions["text_encoder"],
                                           manifest["text"])
         pipe = cls(root, manifest, sessions, choice, text_encoder)
+        pipe.threads, pipe.thread_timings = threads, timings
         log.info("serving: loaded %s (%s, %s) on %s", root, manifest["space"]["name"],
                  "x".join(map(str, (pipe.frames, pipe.height, pipe.width))), choice.provider)
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
+                        tracking_uri: str | None = None) -> OrtVideoPipeline:
+        """Load an export folder or a registered version (`models:/dvdm@champion`, `models:/dvdm/3`, from
+        `tracking_uri`, else $MLFLOW_TRACKING_URI, else the embedded store of ./work), as `from_export` does.
+        A registry version is downloaded into a temporary folder that lives as long as the pipeline."""
+        from dvdm.model_ref import EXPORT, ModelRefError, fetch_model
+
+        found = fetch_model(model, tracking_uri=tracking_uri)
+        try:
+            if found.kind != EXPORT:
+                raise ModelRefError(f"{found.label}: a training checkpoint, not an export; load it with "
+                                    f"dvdm.pipeline.VideoPipeline.from_pretrained (torch), or export it first "
+                                    f"(dvdm export --model {model} --out DIR)")
+            pipe = cls.from_export(found.folder, provider=provider, threads=threads)
+        except BaseException:
+            found.close()
+            raise
+        pipe.download = found  # a downloaded version's folder (export_dir) lives as long as the pipeline
         return pipe
 
     # ------------------------------------------------------------------ properties
@@ -126,29 +170,16 @@ class OrtVideoPipeline:
         return {"space": m["space"]["name"], "frames": self.frames, "height": self.height, "width": self.width,
                 "text": self.has_text, "num_timesteps": self.num_timesteps, "sampler": self.defaults,
                 "provider": self.provider, "provider_reason": self.choice.reason, "source": m.get("source"),
-                "dvdm_version": m.get("dvdm_version"), "exported_at": m.get("exported_at")}
+                "dvdm_version": m.get("dvdm_version"), "exported_at": m.get("exported_at"),
+                "threads": self.threads}
 
     # ------------------------------------------------------------------ inputs
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """Any uint8 (H, W, 3) image -> the model's size, as the CLI's `dvdm sample` does it. InvalidRequest
-        for an image more than `dvdm.video.transforms.MAX_ASPECT_RATIO` times as elongated as the model."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
-            raise InvalidRequest(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-        if image.shape[:2] == (self.height, self.width):
-            return image
-        from dvdm.video.transforms import check_aspect_ratio, resize, resize_short_side_and_center_crop
-
-        try:  # before any resize work: an absurd aspect ratio would make the resized frame gigabytes
-            check_aspect_ratio(*image.shape[:2], self.height, self.width)
-        except ValueError as exc:
-            raise InvalidRequest(f"image: {exc}") from None
-        mode = self.image.get("resize_mode", "area")
-        if self.image["resize"] == "short_side_center_crop":
-            if self.height != self.width:
-                raise ManifestError("image.resize short_side_center_crop needs a square model size")
-            return resize_short_side_and_center_crop(image[None], self.height, mode=mode)[0]
-        return resize(image[None], self.height, self.width, mode=mode)[0]
+    def preprocess(self, image: Any) -> np.ndarray:
+        """Any uint8 (H, W, 3) image, PIL image or image file -> uint8 (H, W, 3) at the model's size, resized as
+        the manifest says (`dvdm.runtime.first_frame`). InvalidRequest for an image more than
+        `dvdm.video.transforms.MAX_ASPECT_RATIO` times as elongated as the model."""
+        return fit_first_frame(image, self.height, self.width, self.image["resize"],
+                               self.image.get("resize_mode", "area"))
 
     def _check_frames(self, first_frames: np.ndarray) -> np.ndarray:
         first_frames = np.asarray(first_frames)
@@ -247,11 +278,24 @@ class OrtVideoPipeline:
         return np.stack([decode_target(self.decode_spec, raw[i], first_frames[i], residual)
                          for i in range(len(first_frames))])
 
-    def __call__(self, first_frames: np.ndarray, prompts: Sequence[str] | None = None, *, steps: int | None = None,
+    def __call__(self, first_frames: Any, prompts: str | Sequence[str] | None = None, *, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None, seeds: Sequence[int] | None = None,
                  noise: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, sampler: str | None = None) -> np.ndarray:
-        """uint8 first frames (B, H, W, 3) at the model's size -> uint8 videos (B, T, H, W, 3)."""
+                 should_stop: Callable[[], bool] | None = None, sampler: str | None = None,
+                 seed: int | None = None) -> np.ndarray:
+        """uint8 first frames (B, H, W, 3) at the model's size -> uint8 videos (B, T, H, W, 3); a list of images
+        of any size (arrays, PIL images, paths) is resized first. One image (and one prompt, one `seed`) ->
+        one video (T, H, W, 3), as `generate`."""
+        if is_one_image(first_frames):
+            if seeds is not None or noise is not None:
+                raise InvalidRequest("one image takes seed=, not seeds= or noise= (those are per batch sample)")
+            return self.generate(first_frames, "" if prompts is None else prompts, steps=steps, guidance=guidance,
+                                 eta=eta, seed=0 if seed is None else seed, progress=progress,
+                                 should_stop=should_stop, sampler=sampler)
+        if seed is not None:
+            raise InvalidRequest("seed= is for one image; a batch takes seeds=[...], one per sample")
+        if isinstance(first_frames, (list, tuple)):
+            first_frames = np.stack([self.preprocess(image) for image in first_frames])
         started = time.perf_counter()
         targets = self.sample_targets(first_frames, prompts, steps=steps, guidance=guidance, eta=eta, seeds=seeds,
                                       noise=noise, progress=progress, should_stop=should_stop, sampler=sampler)
@@ -259,12 +303,12 @@ class OrtVideoPipeline:
         self.last_seconds = time.perf_counter() - started
         return videos
 
-    def generate(self, image: np.ndarray, prompt: str = "", *, steps: int | None = None,
+    def generate(self, image: Any, prompt: str = "", *, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None, seed: int = 0,
                  progress: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, sampler: str | None = None) -> np.ndarray:
-        """One request: any-size uint8 image (H, W, 3) + prompt -> uint8 video (T, H, W, 3) at the model's
-        size (the image is resized/cropped as `preprocess` says). `should_stop`: asked between denoising
+        """One request: any-size image (uint8 (H, W, 3), PIL image or file) + prompt -> uint8 video (T, H, W, 3) at
+        the model's size (the image is resized/cropped as `preprocess` says). `should_stop`: asked between denoising
         steps; True abandons the request with GenerationCancelled (e.g. its client hung up)."""
         if not isinstance(prompt, str):
             raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}")

@@ -94,12 +94,15 @@ def choose_provider(prefer: str = "auto") -> ProviderChoice:
     return choice
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None) -> ort.SessionOptions:
     """Full graph optimisation; `threads` intra-op threads (None: `cpus.ort_threads`, the CPUs this process
     may use); no spin-waiting between operators unless `cpus.ort_spinning` allows it (see `dvdm.runtime.cpus`:
-    a spinning pool on a shared core slows every request down several times)."""
+    a spinning pool on a shared core slows every request down several times). `fixed_dims`: named dynamic
+    axes given a fixed size (onnxruntime's free dimension override; see `dvdm.runtime.batch_sessions`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for axis, size in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(axis, int(size))
     threads = cpus.ort_threads() if threads is None else threads
     if threads is not None:
         if threads < 1:
@@ -113,10 +116,10 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 def create_session(model: str | os.PathLike[str] | bytes, choice: ProviderChoice,
-                   threads: int | None = None) -> ort.InferenceSession:
+                   threads: int | None = None, fixed_dims: dict[str, int] | None = None) -> ort.InferenceSession:
     """An InferenceSession on `choice`'s provider; ProviderError if onnxruntime put it elsewhere."""
     source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, session_options(threads), providers=list(choice.providers))
+    session = ort.InferenceSession(source, session_options(threads, fixed_dims), providers=list(choice.providers))
     active = session.get_providers()
     if not active or active[0] != choice.provider:
         name = "<bytes>" if isinstance(model, bytes) else os.fspath(model)

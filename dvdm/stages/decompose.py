@@ -18,6 +18,7 @@ from dvdm.codec.differences import frame_differences, integrate_differences
 from dvdm.config import DecomposeParams, as_dict
 from dvdm.data.shards import ShardedDataset, ShardWriter
 from dvdm.errors import ConfigError, DataError
+from dvdm.stages.metrics_file import headline
 from dvdm.utils.atomic import atomic_dir, write_json
 
 
@@ -150,12 +151,5 @@ def run_decompose(params: DecomposeParams, in_dir: str | Path, out_dir: str | Pa
 
 
 def headline_metrics(stats: dict[str, Any]) -> dict[str, Any]:
-    """The numbers worth comparing across runs (`dvc metrics diff`), without the histogram."""
-    return {
-        "clips": stats["clips"], "clips_per_second": stats["clips_per_second"],
-        "residual_mean_abs": round(stats["residual"]["mean_abs"], 5),
-        "residual_zero_fraction": round(stats["residual"]["zero_fraction"], 5),
-        "mv_zero_fraction": round(stats["motion_vectors"]["zero_fraction"], 5),
-        "mv_mean_magnitude": round(stats["motion_vectors"]["mean_magnitude"], 5),
-        "roundtrip_max_abs_error": stats["roundtrip_max_abs_error"],
-    }
+    """The stage's DVC metrics (`dvdm.stages.metrics_file`): the clips; the rest stays in stats.json."""
+    return headline({"clips": stats["clips"]})

@@ -1,11 +1,12 @@
 """Stage `evaluate`: sample held-out clips from their first frame + caption, and measure them.
 
-Outputs (one directory, written atomically): `metrics.json` (what DVC shows and the promotion gate reads),
-`report.md`, `grid.gif` + `grid.mp4` (ground truth left, generated right, one clip per row), per-frame
-PSNR/SSIM plots, and the generated clips as MP4. Metrics: FVD + KVD (I3D, when the weights are installed
-and the clips have the 16 frames of the protocol; otherwise skipped with the reason recorded), PSNR/SSIM
-against the held-out ground truth, first-frame fidelity, warping error, motion-following on synthetic
-data, cFVD/sFVD where the clips carry classes/subjects, and sampling time per clip.
+Outputs (one directory, written atomically): `results.json` (every number, its protocol and the settings:
+what MLflow logs and the promotion gate reads), `report.md`, `grid.gif` + `grid.mp4` (ground truth left,
+generated right, one clip per row), per-frame PSNR/SSIM plots, and the generated clips as MP4. Metrics: FVD +
+KVD (I3D, when the weights are installed and the clips have the 16 frames of the protocol; otherwise skipped
+with the reason recorded), PSNR/SSIM against the held-out ground truth, first-frame fidelity, warping error,
+motion-following on synthetic data, cFVD/sFVD where the clips carry classes/subjects, and sampling time per
+clip.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 from dvdm.config import EvaluateParams, as_dict
 from dvdm.data.shards import ShardedDataset
 from dvdm.errors import DataError, DvdmError
+from dvdm.stages.metrics_file import RESULTS_FILE, write_metrics
 from dvdm.utils.atomic import atomic_dir, write_json
+from dvdm.utils.progress import Progress, announce
 
 FVD_FRAMES = 16
 
@@ -91,8 +94,8 @@ def _fvd_block(real: list[np.ndarray], fake: list[np.ndarray], records: list[dic
         model = load_i3d(None, params.device if params.device != "auto" else _auto_device())
     except I3DWeightsMissing as exc:
         return {"fvd_skipped": str(exc)}
-    rf = extract_features(real, model=model, frames=frames)
-    ff = extract_features(fake, model=model, frames=frames)
+    rf = extract_features(real, model=model, frames=frames, label="evaluate: FVD features, held-out clips")
+    ff = extract_features(fake, model=model, frames=frames, label="evaluate: FVD features, generated clips")
     res = fvd_from_features(rf, ff, seed=params.seed)
     out: dict[str, Any] = {"fvd": res.fvd, "kvd": res.kvd, "fvd_protocol": res.protocol, "fvd_notes": res.notes}
     for key, fn, name in (("class_index", cfvd, "cfvd"), ("subject", sfvd, "sfvd")):
@@ -180,7 +183,8 @@ def prompt_swap_section(pipe, params: EvaluateParams, records: list[dict], clips
         if not frames:
             continue
         started = time.perf_counter()
-        res = run_prompt_swap(generate, frames, seed=params.seed, batch_size=params.batch_size)
+        res = run_prompt_swap(generate, frames, seed=params.seed, batch_size=params.batch_size,
+                              label=f"evaluate: prompt swap, {name.replace('_', '-')} first frames")
         metrics.update({f"{prefix}_direction_accuracy": res["direction_accuracy"],
                         f"{prefix}_speed_accuracy": res["speed_accuracy"],
                         f"{prefix}_speed_error": res["speed_error"],
@@ -213,8 +217,7 @@ def load_pipeline(model_dir: Path, device: str):
     """The trained model: a train output folder (its `checkpoint/`) or a checkpoint folder itself."""
     from dvdm.pipeline import VideoPipeline
 
-    ckpt = model_dir / "checkpoint" if (model_dir / "checkpoint" / "config.json").is_file() else model_dir
-    return VideoPipeline.from_checkpoint(ckpt, device=device)
+    return VideoPipeline.from_checkpoint(model_dir, device=device)  # it accepts both
 
 
 def sample_held_out(pipe, params: EvaluateParams, records: list[dict], real: list[np.ndarray]) -> Samples:
@@ -224,12 +227,14 @@ def sample_held_out(pipe, params: EvaluateParams, records: list[dict], real: lis
     jobs = [(j * n + i, i) for j in range(k) for i in range(n)]
     videos: list[np.ndarray] = []
     started = time.perf_counter()
-    for b in range(0, len(jobs), params.batch_size):
-        chunk = jobs[b:b + params.batch_size]
-        prompts = [records[i].get("caption") or "" for _, i in chunk]
-        out = pipe(np.stack([real[i][0] for _, i in chunk]), prompts, steps=params.steps,
-                   guidance=params.guidance, seeds=[params.seed + s for s, _ in chunk], sampler=params.sampler)
-        videos.extend(list(out))
+    with Progress("evaluate: held-out samples", len(jobs), "clip") as progress:
+        for b in range(0, len(jobs), params.batch_size):
+            chunk = jobs[b:b + params.batch_size]
+            prompts = [records[i].get("caption") or "" for _, i in chunk]
+            out = pipe(np.stack([real[i][0] for _, i in chunk]), prompts, steps=params.steps,
+                       guidance=params.guidance, seeds=[params.seed + s for s, _ in chunk], sampler=params.sampler)
+            videos.extend(list(out))
+            progress.update(len(videos))
     return Samples(videos=videos, references=[real[i] for _, i in jobs], records=[records[i] for _, i in jobs],
                    seeds=[params.seed + s for s, _ in jobs], seconds=time.perf_counter() - started)
 
@@ -272,9 +277,9 @@ def write_per_frame(folder: Path, space: str, frame: dict[str, Any]) -> None:
 def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | Path,
                  out_dir: str | Path, metrics_file: str | Path | None = None) -> dict[str, Any]:
     """Sample the held-out clips with a trained model, write every metric, picture and report, and return
-    the metrics (what metrics.json holds).
+    the metrics (what results.json holds).
 
-    `metrics_file` (optional) gets a copy of metrics.json outside the report directory, for DVC.
+    `metrics_file` (optional) gets the headline numbers (`dvdm.stages.metrics_file`), for DVC.
     """
     from dvdm.evaluate.frame_metrics import set_metrics
 
@@ -290,6 +295,7 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
                         f"the model generates {'x'.join(map(str, want))}")
 
     samples = sample_held_out(pipe, params, records, real)
+    announce(f"evaluate: frame metrics of {len(samples.videos)} clips")
     frame = set_metrics(samples.videos, samples.references)
     metrics: dict[str, Any] = {
         "model": str(model_dir), "data": str(data_dir), "split": split, "n_clips": len(samples.videos),
@@ -308,10 +314,13 @@ def run_evaluate(params: EvaluateParams, model_dir: str | Path, data_dir: str | 
             else:
                 swap_records, swap_clips = records, real
             metrics.update(prompt_swap_section(pipe, params, swap_records, swap_clips, tmp / "prompt_swap"))
+        announce(f"evaluate: writing the report, grids and {len(samples.videos)} videos")
         write_videos(tmp, params, real, samples)
         write_per_frame(tmp, pipe.space.name, frame)
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / RESULTS_FILE, metrics)
         (tmp / "report.md").write_text(_report(metrics, params))
     if metrics_file is not None:
-        write_json(Path(metrics_file), metrics)
+        write_metrics(metrics_file, {"clips": metrics["n_clips"], "psnr": metrics["psnr"], "ssim": metrics["ssim"],
+                                     "fvd": metrics.get("fvd"), "direction": metrics.get("swap_direction_accuracy"),
+                                     "speed": metrics.get("swap_speed_accuracy")})
     return metrics

@@ -1,10 +1,11 @@
 """The pipeline's stages by name: the one place that says which library function runs a `dvc.yaml` stage.
 
 Each entry holds the stage function, its params.yaml section, the paths `dvc.yaml` gives it (keyed by the
-CLI option that carries them: `in`, `out`, `model`, `autoencoder`, `metrics`) and whether an interrupted run
-can resume from its last checkpoint (`OUT/checkpoint`). A resumable stage resumes only from a checkpoint whose
-fingerprint (its params section + the content of its inputs) matches the run's; otherwise it starts over and
-says so. The CLI commands (and so `dvc repro`) and the Prefect flows all run a
+CLI option that carries them: `in`, `out`, `model`, `autoencoder`, `metrics`), the JSON file where it records
+everything it measured (`results`; the `metrics` file holds only its headline, see `metrics_file`) and whether
+an interrupted run can resume from its last checkpoint (`OUT/checkpoint`). A resumable stage resumes only from a
+checkpoint whose fingerprint (its params section + the content of its inputs) matches the run's; otherwise it
+starts over and says so. The CLI commands (and so `dvc repro`) and the Prefect flows all run a
 stage through its entry, so they cannot diverge; a test checks the entries against `dvc.yaml`.
 
 The stage modules are imported when a stage runs, not here: the CLI reads this registry for its defaults,
@@ -40,6 +41,7 @@ class PipelineStage:
     paths: Mapping[str, str]           # its paths relative to the project root, in dvc.yaml's option order
     function: Callable[..., Any]       # (params, paths[, resume=, fingerprint=]) -> the stage's summary
     resumable: bool = False            # checkpoints as it goes, so a retry can continue instead of restarting
+    results: str | None = None         # its full results (JSON, inside its outputs), relative to the project
 
     def path(self, key: str) -> Path:
         """The project path the stage uses for option `key` (the CLI's default for it)."""
@@ -89,11 +91,11 @@ def _ingest(params: IngestParams, paths: StagePaths) -> dict[str, Any]:
 
 def _decompose(params: DecomposeParams, paths: StagePaths) -> dict[str, Any]:
     from dvdm.stages.decompose import headline_metrics, run_decompose
-    from dvdm.utils.atomic import write_json
+    from dvdm.stages.metrics_file import write_metrics
 
     stats = run_decompose(params, paths["in"], paths["out"])
     if paths.get("metrics") is not None:
-        write_json(paths["metrics"], headline_metrics(stats))
+        write_metrics(paths["metrics"], headline_metrics(stats))
     return stats
 
 
@@ -120,27 +122,33 @@ def _evaluate(params: EvaluateParams, paths: StagePaths) -> dict[str, Any]:
 
 def _export(params: ExportParams, paths: StagePaths) -> Any:
     from dvdm.export import export_model
+    from dvdm.stages.metrics_file import write_metrics
 
-    return export_model(paths["model"], paths["out"], weights=params.weights, opset=params.opset,
-                        steps=params.steps, guidance=params.guidance, eta=params.eta, sampler=params.sampler,
-                        parity_steps=params.parity_steps, min_psnr=params.min_psnr,
-                        parity_json=paths.get("metrics"))
+    # the parity report (every graph's numbers, the end-to-end run's settings) stays in OUT/parity.json
+    result = export_model(paths["model"], paths["out"], weights=params.weights, opset=params.opset,
+                          steps=params.steps, guidance=params.guidance, eta=params.eta, sampler=params.sampler,
+                          parity_steps=params.parity_steps, min_psnr=params.min_psnr)
+    if paths.get("metrics") is not None:
+        write_metrics(paths["metrics"], {"psnr": result.parity["end_to_end"]["psnr_db"] if result.parity else None})
+    return result
 
 
 STAGES: dict[str, PipelineStage] = {s.name: s for s in (
     PipelineStage("ingest", "ingest", "ingest", {"out": "data/ingested"}, _ingest),
     PipelineStage("decompose", "decompose", "decompose",
-                  {"in": "data/ingested", "out": "data/decomposed", "metrics": "metrics/decompose.json"}, _decompose),
+                  {"in": "data/ingested", "out": "data/decomposed", "metrics": "metrics/decompose.json"}, _decompose,
+                  results="data/decomposed/stats.json"),
     PipelineStage("train-ae", "train-ae", "train_ae", {"in": "data/decomposed", "out": "models/autoencoder"},
-                  _train_ae, resumable=True),
+                  _train_ae, resumable=True, results="models/autoencoder/results.json"),
     PipelineStage("train-diffusion", "train", "train",
                   {"in": "data/ingested", "autoencoder": "models/autoencoder", "out": "models/diffusion"},
-                  _train_diffusion, resumable=True),
+                  _train_diffusion, resumable=True, results="models/diffusion/results.json"),
     PipelineStage("evaluate", "evaluate", "evaluate",
                   {"model": "models/diffusion", "in": "data/ingested", "out": "reports/evaluate",
-                   "metrics": "metrics/evaluate.json"}, _evaluate),
+                   "metrics": "metrics/evaluate.json"}, _evaluate, results="reports/evaluate/results.json"),
     PipelineStage("export", "export", "export",
-                  {"model": "models/diffusion", "out": "models/export", "metrics": "metrics/export.json"}, _export),
+                  {"model": "models/diffusion", "out": "models/export", "metrics": "metrics/export.json"}, _export,
+                  results="models/export/parity.json"),
 )}
 
 

@@ -26,6 +26,8 @@ from dvdm.metrics.ssim import ssim_per_frame
 from dvdm.models import AutoencoderConfig, ResidualAutoencoder
 from dvdm.spaces import target_sizes
 from dvdm.spaces.ae_codec import AutoencoderResidualCodec
+from dvdm.stages.curves import write_curve
+from dvdm.stages.metrics_file import RESULTS_FILE, write_metrics
 from dvdm.train.device import select_device
 from dvdm.train.distributed import distributed_context
 from dvdm.train.shared_data import shared_training_data
@@ -152,7 +154,10 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
                                       int(data.records[0]["width"]),
                                       {"block": block, "latent_channels": params.latent_channels}),
                **evaluate_codec(trainer.ema.model, eval_clips, block, search, trainer.device)}
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / RESULTS_FILE, metrics)
+    write_curve(out_dir)
+    write_metrics(out_dir / "metrics.json", {"psnr": metrics.get("reconstruction_psnr"),
+                                             "ssim": metrics.get("reconstruction_ssim")})
     metrics["checkpoint"] = str(path)
     return context.broadcast(metrics)
 

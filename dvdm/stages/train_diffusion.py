@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,14 @@ from dvdm.errors import ConfigError, DataError
 from dvdm.models import UNet3D, UNetConfig
 from dvdm.pipeline import VideoPipeline, image_to_tensor
 from dvdm.spaces import TargetSpace, build_space, space_class
+from dvdm.stages.curves import write_curve
+from dvdm.stages.metrics_file import RESULTS_FILE, write_metrics
 from dvdm.train.device import select_device
 from dvdm.train.distributed import distributed_context
 from dvdm.train.shared_data import shared_training_data
 from dvdm.train.trainer import JsonlMetrics, LossFn, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
+from dvdm.utils.progress import announce
 
 
 @dataclass
@@ -240,8 +242,8 @@ class ProgressSamples:
         accuracy = motion_check(pipe, check_frames, self.params)
         with open(self.metrics_path, "a") as fh:  # beside the loss curve: DVC plots + MLflow
             fh.write(json.dumps({"step": step, "check_direction_accuracy": accuracy}) + "\n")
-        print(f"step {step}: prompt-swap check, direction accuracy {accuracy:.0%} "
-              f"({len(check_frames)} held-out first frames x 8 directions)", file=sys.stderr, flush=True)
+        announce(f"step {step}: prompt-swap check, direction accuracy {accuracy:.0%} "
+                 f"({len(check_frames)} held-out first frames x 8 directions)")
 
 
 def motion_check(pipe: VideoPipeline, frames: list, params: TrainParams) -> float:
@@ -249,7 +251,8 @@ def motion_check(pipe: VideoPipeline, frames: list, params: TrainParams) -> floa
     from dvdm.evaluate.prompt_swap import run_prompt_swap
 
     res = run_prompt_swap(lambda im, pr, se: pipe(im, pr, steps=params.sample_steps, guidance=params.guidance,
-                                                  seeds=se), frames, batch_size=8 * len(frames), speeds=[1])
+                                                  seeds=se), frames, batch_size=8 * len(frames), speeds=[1],
+                          label="train diffusion: prompt-swap check")
     return res["direction_accuracy"]
 
 
@@ -271,6 +274,10 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
                         autoencoder_dir: str | Path | None = None, resume: bool = False,
                         fingerprint: str | None = None) -> dict[str, Any]:
     out_dir = Path(out_dir)
+    diffusion = build_diffusion(params.diffusion)  # settings errors first, before any data is read
+    if not 1 <= params.sample_steps <= diffusion.num_timesteps:
+        raise ConfigError(f"train.sample_steps must be between 1 and train.diffusion.num_timesteps "
+                          f"({diffusion.num_timesteps}), got {params.sample_steps}")
     data = open_ingested(ingested_dir)
     torch.manual_seed(params.seed)  # before anything is built: the autoencoder, text encoder and UNet draw from it
     space, ae_config, ae_weights = build_training_space(params, autoencoder_dir)
@@ -278,7 +285,6 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     text_encoder = load_text_encoder() if clips.use_text else None
     tensors = training_tensors(space, clips.train, text_encoder)
     model, unet_config = build_denoiser(params, space, clips.clip, text_encoder, tensors.get("text"))
-    diffusion = build_diffusion(params.diffusion)
 
     cfg = TrainConfig.from_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,14 +305,16 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     metrics = None
     if context.is_main:  # rank 0 evaluates and writes; every rank returns its summary
         metrics = training_metrics(params, trainer, space, diffusion, clips, text_encoder, train_seconds)
-        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / RESULTS_FILE, metrics)
+        write_curve(out_dir)
+        write_metrics(out_dir / "metrics.json", {"loss": metrics["val_loss"]})
         metrics["checkpoint"] = str(path)
     return context.broadcast(metrics)
 
 
 def training_metrics(params: TrainParams, trainer: Trainer, space: TargetSpace, diffusion: GaussianDiffusion,
                      clips: TrainingClips, text_encoder, train_seconds: float) -> dict[str, Any]:
-    """metrics.json: sizes, timings and the EMA model's loss on the held-out clips."""
+    """results.json: sizes, timings and the EMA model's loss on the held-out clips."""
     held_out = clips.held_out
     return {"space": params.space, "steps": trainer.step, "train_clips": len(clips.train.raws),
             "encode_seconds": round(clips.encode_seconds, 2), "train_seconds": round(train_seconds, 2),

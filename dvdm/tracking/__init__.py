@@ -3,7 +3,8 @@
 One concept per module:
 - store: where the tracking store is (embedded SQLite in the work dir, or `MLFLOW_TRACKING_URI`), the client;
 - runs: parent/child runs looked up by a deterministic key (safe under retries), params, metrics, tags;
-- registry: the registered model `dvdm`: versions from a run's artifact folder, aliases, listing, download;
+- registry: the registered model `dvdm`: versions (logged MLflow pyfunc models holding the export), aliases,
+  listing, download;
 - promotion: the champion/challenger gate (a pure decision) and the alias move it allows;
 - model_card: the HF-style model card shipped with every registered version.
 

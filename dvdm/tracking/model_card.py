@@ -1,10 +1,12 @@
 """The model card shipped with every registered version: Hugging Face's template sections, from plain dicts.
 
-YAML front matter (license, pipeline tag, tags, datasets) as the Hub reads it, then: model details,
-intended use, training data, training procedure, evaluation (with the FVD protocol, because an FVD value
-means nothing without N, frames, resolution and the I3D weights it was computed with), limitations, how
-to use. Inputs are the dicts the stages already write (config sections, metrics.json), so the card is
-rendered, never hand-written, and every number in it is traceable to a run.
+Model details (the method, ED-VDM / D-VDM / VDM, named by the target space), intended use, training data,
+training procedure, evaluation (with the FVD protocol, because an FVD value means nothing without N, frames,
+resolution and the I3D weights it was computed with), limitations, how to use, and the Hub's metadata
+(license, pipeline tag, tags, datasets). The metadata is a fenced YAML block at the end, not front matter:
+the MLflow UI renders a `.md` artifact as markdown, where front matter turns into one run-on heading.
+Inputs are the dicts the stages already write (config sections, results.json), so the card is rendered,
+never hand-written, and every number in it is traceable to a run.
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ def _described(space: str) -> str:
     return f" ({SPACES[space].description})" if space in SPACES else ""
 
 
+def method_name(space: str | None) -> str | None:
+    """The method a target space stands for, as its description names it first (`mvres` -> "ED-VDM",
+    `diff` -> "D-VDM", `rgb` -> "VDM baseline"); None for an unknown space."""
+    from dvdm.spaces import SPACES
+
+    if space not in SPACES:
+        return None
+    return SPACES[space].description.split(":", 1)[0].strip() or None
+
+
 def render_model_card(*, model: Mapping[str, Any], data: Mapping[str, Any], training: Mapping[str, Any],
                       evaluation: Mapping[str, Any], name: str = "dvdm", version: str | int | None = None,
                       intended_use: Mapping[str, str] | None = None,
@@ -49,20 +61,23 @@ def render_model_card(*, model: Mapping[str, Any], data: Mapping[str, Any], trai
     - model: e.g. space, frames, height, width, parameters, architecture, onnx_files, mlflow_run_id
     - data: e.g. name/source, description, dvc_hash, clips (per split), captions
     - training: e.g. steps, batch_size, lr, ema_decay, seconds, device, git_commit, config (nested)
-    - evaluation: the evaluate stage's metrics.json (fvd, kvd, psnr, ssim, fvd_protocol, fvd_notes,
+    - evaluation: the evaluate stage's results.json (fvd, kvd, psnr, ssim, fvd_protocol, fvd_notes,
       fvd_skipped, n_clips, split, params, ...)
     """
     use = {**DEFAULT_INTENDED_USE, **(intended_use or {})}
     title = f"{name} v{version}" if version is not None else name
     space = model.get("space")
     dataset = data.get("name") or data.get("source")
-    lines = [_front_matter(license, space, dataset), f"# Model card: {title}", ""]
+    method = method_name(space)
+    lines = [f"# Model card: {title}", ""]
 
     lines += ["## Model details", ""]
+    if method:
+        lines += [f"Method: **{method}**.", ""]
     if space:
         lines += [f"Target space: `{space}`{_described(space)}.", ""]
-    lines += [("Image-to-video diffusion: a 3D U-Net denoiser conditioned on the first frame and a caption, "
-               "sampling a target space that is decoded back to a clip (Decoupled Video Diffusion)."), ""]
+    lines += [("Image-to-video diffusion: a 3D U-Net denoiser conditioned on the first frame and a caption "
+               "samples the target space, which is decoded back to a clip."), ""]
     lines += _table({k: v for k, v in model.items() if k != "space"})
 
     lines += ["## Intended use", "", f"**Direct use.** {use['direct']}", "",
@@ -94,6 +109,9 @@ def render_model_card(*, model: Mapping[str, Any], data: Mapping[str, Any], trai
               "The version folder holds the ONNX graphs and `manifest.json` (target space, shapes, "
               "normalisation, noise schedule, tokenizer); `serving/` runs from those files alone. "
               "`dvdm models` lists the versions, their aliases and key metrics.", ""]
+
+    lines += ["## Metadata", "", "The Hugging Face Hub's card metadata (front matter there):", "", "```yaml",
+              _metadata(license, space, method, dataset).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -148,12 +166,13 @@ def _evaluation(ev: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _front_matter(license: str, space: str | None, dataset: str | None) -> str:
+def _metadata(license: str, space: str | None, method: str | None, dataset: str | None) -> str:
+    tags = ["video-diffusion", "image-to-video", "onnx"] + [t for t in (method, space) if t]
     meta: dict[str, Any] = {"license": license, "library_name": "dvdm", "pipeline_tag": "image-to-video",
-                            "tags": ["video-diffusion", "image-to-video", "onnx"] + ([space] if space else [])}
+                            "tags": tags}
     if dataset:
         meta["datasets"] = [str(dataset)]
-    return f"---\n{_yaml(meta)}---\n"
+    return _yaml(meta)
 
 
 def _table(values: Mapping[str, Any]) -> list[str]:

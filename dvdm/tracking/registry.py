@@ -1,51 +1,83 @@
 """The registered model `dvdm`: versions, aliases, listing, and downloading a version for serving.
 
-A version is a run's artifact folder (exported ONNX graphs + `manifest.json` + `README.md` model card),
-registered with `create_model_version(source=<run artifact URI>/<folder>, run_id=...)`. That needs no MLflow
-flavor (no `MLmodel` file, no pyfunc wrapper, no pip requirements inference): serving reads the manifest
-and the ONNX files itself. Versions are addressed by aliases (`challenger`, `champion`); registry stages are
-deprecated since MLflow 2.9 and are not used.
+A version is an MLflow 3 logged model of a pipeline run (`log_model`): for an ONNX export, a pyfunc model whose
+data folder is the export (`serving.mlflow_model` writes and loads it), so `mlflow.pyfunc.load_model` and
+`mlflow models serve` run it, while `dvdm serve` downloads the export inside it (`download_version`). Its
+source is the logged model's artifact location, not `models:/<model id>`: MLflow's SQL registry resolves that
+form through the process-global tracking URI, which this package never sets (the version is still linked to
+its run and, through the `mlflow.modelVersions` tag, to its logged model). Versions registered before were a
+run's artifact folder (`<run artifacts>/model`); they download the same way. Versions are addressed by aliases
+(`challenger`, `champion`); registry stages are deprecated since MLflow 2.9 and are not used.
 
-Key metrics are copied onto the version as tags `metric.<name>` at registration, so the promotion gate and
-`dvdm models` read one version without chasing the evaluation run; a metric missing there falls back to
-the version's source run.
+A version's metrics are its source run's (the pipeline run carries every evaluation number as a real
+metric): the promotion gate, `dvdm models` and the service read them there (`version_metrics`). `metric.<name>`
+tags, which versions registered before carried (and `register_version(metrics=...)` still writes for a
+version whose run has none), are read too and win.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
-import posixpath
 import shutil
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from dvdm.tracking.errors import TrackingError
-from dvdm.tracking.runs import get_run, log_artifacts, numeric_metrics
+from dvdm.tracking.runs import get_run, numeric_metrics
 from dvdm.utils.atomic import atomic_dir, write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModel
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models import Model
 
 MODEL_NAME = "dvdm"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-MODEL_ARTIFACT_PATH = "model"
+MODEL_ARTIFACT_PATH = "model"  # the logged model's name (before: the run's artifact folder)
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the versions registered from it (MLflow's UI)
 METRIC_TAG_PREFIX = "metric."
-KEY_METRICS = ("fvd", "kvd", "psnr", "ssim", "first_frame_psnr", "motion_accuracy", "sample_seconds_per_clip")
+KEY_METRICS = ("swap_direction_accuracy", "fvd", "kvd", "psnr", "ssim", "first_frame_psnr", "motion_accuracy",
+               "sample_seconds_per_clip")
 VERSION_FILE = "model_version.json"  # written beside the downloaded artifacts: which version this is
 
 
-def upload_model(client: "MlflowClient", run_id: str, folder: str | os.PathLike[str],
-                 artifact_path: str = MODEL_ARTIFACT_PATH) -> str:
-    """Upload an export folder (ONNX + manifest + model card) to the run; the artifact path."""
-    folder = Path(folder)
-    if not folder.is_dir() or not any(folder.iterdir()):
-        raise TrackingError(f"{folder}: no exported model folder to upload (run dvdm export first)")
-    return log_artifacts(client, run_id, folder, artifact_path)
+def log_model(client: "MlflowClient", run_id: str, write: Callable[[Path, "Model"], None], *,
+              name: str = MODEL_ARTIFACT_PATH, model_type: str | None = None) -> "LoggedModel":
+    """A logged model of run `run_id` (MLflow 3: the run's "Logged models", the experiment's "Models" tab)
+    whose files `write(folder, mlflow_model)` puts in a new folder (a flavor's `save_model`; `mlflow_model`
+    carries the model id, run id and artifact location into its MLmodel). What `mlflow.<flavor>.log_model`
+    does, through this client instead of the global tracking URI. The run's params are the model's. Safe to
+    retry: a READY model `name` the run already has is returned as it is."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    run = get_run(client, run_id)
+    for output in (run.outputs.model_outputs if run.outputs else []):
+        existing = client.get_logged_model(output.model_id)
+        if existing.name == name and existing.status == LoggedModelStatus.READY:
+            return existing
+    model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
+                                       params=dict(run.data.params), model_type=model_type)
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="dvdm-model-") as tmp:
+            folder = Path(tmp) / name
+            write(folder, Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
+                                model_id=model.model_id))
+            client.log_model_artifacts(model.model_id, str(folder))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
 def ensure_registered_model(client: "MlflowClient", name: str = MODEL_NAME,
@@ -64,27 +96,34 @@ def ensure_registered_model(client: "MlflowClient", name: str = MODEL_NAME,
         client.get_registered_model(name)  # raced: it exists now; anything else raises here
 
 
-def register_version(client: "MlflowClient", run_id: str, artifact_path: str = MODEL_ARTIFACT_PATH, *,
-                     name: str = MODEL_NAME, metrics: Mapping[str, Any] | None = None,
-                     tags: Mapping[str, Any] | None = None, description: str | None = None,
-                     alias: str | None = CHALLENGER) -> "ModelVersion":
-    """Register the run's artifact folder `artifact_path` as a new version of `name` and point `alias` at it.
+def register_version(client: "MlflowClient", model_id: str, *, name: str = MODEL_NAME,
+                     metrics: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                     description: str | None = None, alias: str | None = CHALLENGER) -> "ModelVersion":
+    """Register logged model `model_id` (`log_model`) as a new version of `name` and point `alias` at it.
 
     `metrics` (e.g. the evaluate stage's metrics.json) are stored as version tags `metric.<key>` (numbers
     only, nested keys dotted, its `params` section left out). Idempotent: a retried registration of the
-    same run and folder returns the version the first attempt created instead of adding a duplicate.
+    same model returns the version the first attempt created instead of adding a duplicate.
     """
-    run = get_run(client, run_id)
-    artifact_path = artifact_path.strip("/")
-    if not client.list_artifacts(run_id, artifact_path):
-        raise TrackingError(f"run {run_id} has no artifacts under {artifact_path!r}; upload the exported model "
-                            "first (upload_model)")
-    source = posixpath.join(run.info.artifact_uri, artifact_path)
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        raise TrackingError(f"no logged model {model_id} in {client.tracking_uri}") from exc
+    if model.status != LoggedModelStatus.READY:
+        raise TrackingError(f"logged model {model_id} is {model.status}, not READY: its files were not all logged")
+    source, run_id = model.artifact_location, model.source_run_id
     ensure_registered_model(client, name)
     version = next((v for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
                     if v.source == source), None)
     if version is None:
-        version = client.create_model_version(name, source=source, run_id=run_id, description=description)
+        version = client.create_model_version(name, source=source, run_id=run_id, description=description,
+                                              model_id=model_id)
+        linked = json.loads(model.tags.get(MODEL_VERSIONS_TAG) or "[]")
+        client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(
+            linked + [{"name": name, "version": str(version.version)}])})
     # evaluate's metrics.json embeds its settings under "params": settings, not metrics
     values = numeric_metrics({k: v for k, v in (metrics or {}).items() if k != "params"})
     all_tags = {**{f"{METRIC_TAG_PREFIX}{k}": _num(v) for k, v in values.items()},
@@ -177,9 +216,9 @@ def download_version(client: "MlflowClient", dst: str | os.PathLike[str], ref: s
                      name: str = MODEL_NAME) -> Path:
     """Download version `ref` (number or alias) into folder `dst`, atomically; returns `dst`.
 
-    `dst` then holds the version's files directly (manifest.json, *.onnx, README.md) plus
-    `model_version.json` (name, version, aliases, source), so a server following an alias can tell
-    whether it already has the version the alias points to.
+    `dst` then holds the export directly (manifest.json, *.onnx, README.md; for a pyfunc version, its data
+    folder) plus `model_version.json` (name, version, aliases, source), so a server following an alias can
+    tell whether it already has the version the alias points to.
     """
     version = get_version(client, ref, name)
     run_id, rel = _run_relative(client, version)
@@ -199,12 +238,25 @@ def download_version(client: "MlflowClient", dst: str | os.PathLike[str], ref: s
         if not got.is_dir():
             raise TrackingError(f"model {name} version {version.version}: source {version.source} is not a "
                                 "model folder")
+        got = pyfunc_data(got)
         for item in list(got.iterdir()):
             shutil.move(str(item), tmp / item.name)
         shutil.rmtree(staging)
         write_json(tmp / VERSION_FILE, {"name": name, "version": int(version.version), "aliases": aliases,
                                         "run_id": version.run_id, "source": version.source})
     return Path(dst)
+
+
+def pyfunc_data(folder: Path) -> Path:
+    """The data folder of the MLflow pyfunc model in `folder` (the export), else `folder` itself (a version
+    registered as plain files). Read from MLmodel as YAML: a serve-only install has no `mlflow.models`."""
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        return folder
+    data = ((yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}).get("python_function", {}).get("data")
+    if not data or not (folder / data).is_dir():
+        raise TrackingError(f"{folder}: an MLflow model without a python_function data folder, not a dvdm export")
+    return folder / data
 
 
 def version_summary(client: "MlflowClient", ref: str | int, name: str = MODEL_NAME) -> str:

@@ -25,7 +25,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 RUN_KEY_TAG = "dvdm.run_key"
 PARENT_TAG = "mlflow.parentRunId"          # what the MLflow UI nests child runs by
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # what the MLflow UI shows as the source version
+SOURCE_NAME_TAG = "mlflow.source.name"       # the UI's "Source" (shown with the commit)
+SOURCE_TYPE_TAG = "mlflow.source.type"
 DATA_HASH_TAG = "dvdm.data_hash"
 SPACE_TAG = "dvdm.space"
 ERROR_TAG = "dvdm.error"
@@ -46,6 +48,8 @@ VERSION_TAG = "dvdm.version"
 OWNER_HOST_TAG = "dvdm.owner.host"
 OWNER_PID_TAG = "dvdm.owner.pid"
 OWNER_STARTED_TAG = "dvdm.owner.started"  # the pid's start time, so a reused pid is not taken for the owner
+DESCRIPTION_TAG = "mlflow.note.content"   # what the MLflow UI shows (as markdown) as a run's description
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # how a run used a dataset input (the UI shows it beside the name)
 
 # MLflow's limits (mlflow.utils.validation): longer values are rejected, not truncated.
 MAX_KEY = 250
@@ -53,6 +57,7 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
+MAX_DIGEST = 36  # a dataset digest (a DVC md5 + ".dir" is exactly that)
 
 _KEY_OK = re.compile(r"[^/\w.\- :]")
 _RUN_KEY_OK = re.compile(r"^[^'\"\\]{1,250}$")  # quoted into a search filter
@@ -83,26 +88,33 @@ def find_run(client: "MlflowClient", experiment_id: str, key: str, parent_run_id
 
 
 def start_run(client: "MlflowClient", experiment: str, key: str, *, name: str | None = None,
-              tags: Mapping[str, Any] | None = None, reuse_finished: bool = False) -> str:
+              tags: Mapping[str, Any] | None = None, reuse_finished: bool = False,
+              start_time_ms: int | None = None) -> str:
     """Start (or resume, see the module doc) the parent run `key` in experiment `experiment`; its id.
 
-    The experiment is created if missing. `tags` are set on a new and on a reused run alike.
+    The experiment is created if missing. `tags` are set on a new and on a reused run alike. `start_time_ms`
+    (epoch milliseconds, default now) is when a new run started.
     """
-    return _start(client, ensure_experiment(client, experiment), key, name, tags, None, reuse_finished)
+    return _start(client, ensure_experiment(client, experiment), key, name, tags, None, reuse_finished,
+                  start_time_ms)
 
 
 def start_child_run(client: "MlflowClient", parent_run_id: str, key: str, *, name: str | None = None,
-                    tags: Mapping[str, Any] | None = None, reuse_finished: bool = False) -> str:
+                    tags: Mapping[str, Any] | None = None, reuse_finished: bool = False,
+                    start_time_ms: int | None = None) -> str:
     """Start (or resume) child run `key` of `parent_run_id`, in the parent's experiment; its id.
 
-    Keys are scoped to the parent, so every pipeline run can use the stage names as keys.
+    Keys are scoped to the parent, so every pipeline run can use the stage names as keys. A run logged after
+    the work it records gives the work's real start as `start_time_ms`, so the UI shows its real duration.
     """
     parent = get_run(client, parent_run_id)
-    return _start(client, parent.info.experiment_id, key, name, tags, parent_run_id, reuse_finished)
+    return _start(client, parent.info.experiment_id, key, name, tags, parent_run_id, reuse_finished,
+                  start_time_ms)
 
 
 def _start(client: "MlflowClient", experiment_id: str, key: str, name: str | None,
-           tags: Mapping[str, Any] | None, parent_run_id: str | None, reuse_finished: bool) -> str:
+           tags: Mapping[str, Any] | None, parent_run_id: str | None, reuse_finished: bool,
+           start_time_ms: int | None = None) -> str:
     run = find_run(client, experiment_id, key, parent_run_id, include_finished=reuse_finished)
     extra = {k: v for k, v in (tags or {}).items() if v is not None}
     if run is not None:
@@ -114,8 +126,8 @@ def _start(client: "MlflowClient", experiment_id: str, key: str, name: str | Non
         set_tags(client, run_id, extra)
         return run_id
     start = {RUN_KEY_TAG: key, **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
-    created = client.create_run(experiment_id, run_name=name, tags={k: _tag_value(v) for k, v in
-                                                                       {**extra, **start}.items()})
+    created = client.create_run(experiment_id, start_time=start_time_ms, run_name=name,
+                                tags={k: _tag_value(v) for k, v in {**extra, **start}.items()})
     return created.info.run_id
 
 
@@ -129,9 +141,9 @@ def get_run(client: "MlflowClient", run_id: str) -> "Run":
         raise TrackingError(f"MLflow run {run_id!r} not found in {client.tracking_uri}: {exc.message}") from exc
 
 
-def end_run(client: "MlflowClient", run_id: str, status: str = "FINISHED") -> None:
-    """Mark the run FINISHED (or FAILED / KILLED)."""
-    client.set_terminated(run_id, status=status)
+def end_run(client: "MlflowClient", run_id: str, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
+    """Mark the run FINISHED (or FAILED / KILLED), at `end_time_ms` (epoch milliseconds, default now)."""
+    client.set_terminated(run_id, status=status, end_time=end_time_ms)
 
 
 def fail_run(client: "MlflowClient", run_id: str, error: BaseException | str | None = None) -> None:
@@ -145,16 +157,18 @@ def fail_run(client: "MlflowClient", run_id: str, error: BaseException | str | N
 @contextlib.contextmanager
 def tracked_run(client: "MlflowClient", key: str, *, experiment: str | None = None,
                 parent_run_id: str | None = None, name: str | None = None,
-                tags: Mapping[str, Any] | None = None) -> Iterator[str]:
+                tags: Mapping[str, Any] | None = None, start_time_ms: int | None = None,
+                end_time_ms: int | None = None) -> Iterator[str]:
     """`with tracked_run(client, "train", parent_run_id=p) as run_id:` start or resume, then end the run.
 
     FINISHED on success, FAILED (with the error) on an exception, KILLED on Ctrl-C; the exception propagates.
-    Give `experiment` for a parent run, `parent_run_id` for a child run.
+    Give `experiment` for a parent run, `parent_run_id` for a child run. `start_time_ms` / `end_time_ms`:
+    when the work the run records started and ended, if not now (a FINISHED run only: a failure ends now).
     """
     if parent_run_id:
-        run_id = start_child_run(client, parent_run_id, key, name=name, tags=tags)
+        run_id = start_child_run(client, parent_run_id, key, name=name, tags=tags, start_time_ms=start_time_ms)
     elif experiment:
-        run_id = start_run(client, experiment, key, name=name, tags=tags)
+        run_id = start_run(client, experiment, key, name=name, tags=tags, start_time_ms=start_time_ms)
     else:
         raise TrackingError("tracked_run: give an experiment (parent run) or a parent_run_id (child run)")
     try:
@@ -165,7 +179,7 @@ def tracked_run(client: "MlflowClient", key: str, *, experiment: str | None = No
     except BaseException as exc:
         fail_run(client, run_id, exc)
         raise
-    end_run(client, run_id)
+    end_run(client, run_id, end_time_ms=end_time_ms)
 
 
 # ---------------------------------------------------------------------------------------------- orphans
@@ -310,6 +324,45 @@ def log_metric_batch(client: "MlflowClient", run_id: str, metrics: list) -> None
         client.log_batch(run_id, metrics=metrics[i:i + METRICS_PER_BATCH])
 
 
+def log_history(client: "MlflowClient", run_id: str,
+                points: Iterable[tuple[int, int, Mapping[str, Any]]]) -> int:
+    """Log a metric history: (step, timestamp in epoch ms, metrics) per point, every point at its own step (a
+    training curve keeps every logged step), in batched calls; the number of values logged."""
+    from mlflow.entities import Metric
+
+    values = [Metric(k, v, int(ts), int(step)) for step, ts, metrics in points
+              for k, v in numeric_metrics(metrics).items()]
+    log_metric_batch(client, run_id, values)
+    return len(values)
+
+
+def measured_values(results: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers a stage measured, from its results file: settings (`params`) and the descriptions of how a
+    value was measured (`*_protocol`) are left out, so they do not show up as metrics."""
+    return numeric_metrics({k: v for k, v in results.items() if k != "params" and not k.endswith("_protocol")})
+
+
+def set_description(client: "MlflowClient", run_id: str, markdown: str) -> None:
+    """The run's description (tag `mlflow.note.content`): markdown, shown on the run page and in the runs table."""
+    client.set_tag(run_id, DESCRIPTION_TAG, _clip(markdown, MAX_TAG_VALUE))
+
+
+def log_dataset(client: "MlflowClient", run_id: str, path: str | os.PathLike[str], digest: str, *,
+                name: str | None = None, context: str | None = None) -> None:
+    """Record the DVC-tracked data at `path` (as dvc.yaml names it, relative to the project: the same on every
+    machine, where `dvc pull` puts it) as an input of the run: an MLflow dataset named `name` (default: the
+    path) whose digest is its DVC hash (md5, `.dir` for a folder), so runs that saw the same data show the
+    same dataset version. `context` (e.g. the stage that read it) is shown beside it."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name or str(path), digest=digest[:MAX_DIGEST])
+    tags = [InputTag(DATASET_CONTEXT_TAG, context)] if context else []
+    # the entity is what the fluent `mlflow.log_input` builds too; the client API takes entities only
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+
+
 def log_artifacts(client: "MlflowClient", run_id: str, path: str | os.PathLike[str],
                   artifact_path: str | None = None) -> str:
     """Upload a file or a whole folder to the run (under `artifact_path`); the artifact's run-relative path."""
@@ -397,6 +450,12 @@ def provenance_tags(project: str | os.PathLike[str] | None = None, data_hash: st
 
     tags = {VERSION_TAG: __version__, GIT_COMMIT_TAG: git_commit(project), DATA_HASH_TAG: data_hash,
             SPACE_TAG: space}
+    return {k: v for k, v in tags.items() if v}
+
+
+def source_tags(name: str, project: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Tags that make the MLflow UI's Source column say what ran (`name`, e.g. the command) at which commit."""
+    tags = {SOURCE_NAME_TAG: name, SOURCE_TYPE_TAG: "LOCAL", GIT_COMMIT_TAG: git_commit(project)}
     return {k: v for k, v in tags.items() if v}
 
 

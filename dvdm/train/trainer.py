@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,10 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dvdm.diffusion.noise import BatchShard
 from dvdm.errors import DvdmError
+from dvdm.runtime import cpus
 from dvdm.train.checkpoint import FINGERPRINT_KEY, load_checkpoint, save_checkpoint
 from dvdm.train.device import amp_dtype, autocast, select_device
 from dvdm.train.distributed import distributed_context, process_device
 from dvdm.train.ema import EMA
+from dvdm.train.thread_governor import ThreadGovernor
+from dvdm.utils.progress import Progress, announce
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class TrainConfig:
     warmup_steps: int = 0          # linear warm-up from 0 to lr
     lr_schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio * lr at `steps`)
     min_lr_ratio: float = 0.1
+    adaptive_threads: bool = True  # on CPU, pick the thread count by measured step time (thread_governor.py)
 
     def __post_init__(self) -> None:
         from dvdm.errors import ConfigError
@@ -119,30 +122,46 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 class Callback(Protocol):
-    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_train_step(self, step: int, metrics: dict[str, float] | None) -> None: ...  # every step (None: skipped)
+    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...  # every log_every steps: the window's means
+    def on_train_end(self, step: int) -> None: ...  # the loop is done (the final checkpoint and samples follow)
     def on_sample(self, step: int, paths: list[Path]) -> None: ...
     def on_checkpoint(self, step: int, path: Path) -> None: ...
 
 
 class JsonlMetrics:
-    """Appends logged metrics to `metrics.jsonl` (DVC plots read it) and prints progress lines."""
+    """Appends logged metrics to `metrics.jsonl` (DVC plots read it) and shows the training's progress: a bar on a
+    terminal, else a line every 30 s, with step/total, loss, steps/s and ETA (`dvdm.utils.progress`)."""
 
-    def __init__(self, path: Path, total: int, stream=None):
-        self.path, self.total, self.stream = path, total, stream or sys.stderr
-        self.started = time.perf_counter()
+    def __init__(self, path: Path, total: int, stream=None, label: str | None = None):
+        self.path, self.total, self.stream = path, total, stream
+        self.label = label or f"train {Path(path).parent.name}"
+        self.progress: Progress | None = None
+
+    def on_train_step(self, step: int, metrics: dict[str, float] | None) -> None:
+        if self.progress is None or self.progress.closed:  # opened at the first step: a resumed run starts there
+            self.progress = Progress(self.label, self.total, "step", start=step, stream=self.stream)
+        self.progress.update(step, loss=(metrics or {}).get("loss"))
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps({"step": step, **metrics}) + "\n")
-        rate = step / max(time.perf_counter() - self.started, 1e-9)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        print(f"step {step}/{self.total} {shown} ({rate:.2f} steps/s)", file=self.stream, flush=True)
+
+    def on_train_end(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def _note(self, text: str) -> None:
+        if self.progress is not None and not self.progress.closed:
+            self.progress.note(text)
+        else:
+            announce(f"{self.label}: {text}", self.stream)
 
     def on_sample(self, step: int, paths: list[Path]) -> None:
-        print(f"step {step}: samples {', '.join(str(p) for p in paths)}", file=self.stream, flush=True)
+        self._note(f"step {step}: samples {', '.join(str(p) for p in paths)}")
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        print(f"step {step}: checkpoint {path}", file=self.stream, flush=True)
+        self._note(f"step {step}: checkpoint {path}")
 
 
 @dataclass
@@ -199,6 +218,9 @@ class Trainer:
         self.noise_gen = torch.Generator().manual_seed(self.config.seed + 1)
         self._order = torch.empty(0, dtype=torch.long)
         self._pos = 0
+        self.governor = (ThreadGovernor(torch.get_num_threads())
+                         if self.config.adaptive_threads and self.device.type == "cpu" and not self.dist.enabled
+                         and cpus.threads_adjustable() else None)
 
     # -- data -----------------------------------------------------------------------------------------
     def _next_batch(self) -> dict[str, torch.Tensor]:
@@ -318,6 +340,8 @@ class Trainer:
     def _report(self, running: dict[str, float], count: int, started: float) -> None:
         avg = self.dist.all_mean({k: v / count for k, v in running.items()})
         avg["steps_per_second"] = self.step / max(time.perf_counter() - started, 1e-9)
+        if self.governor and self.governor.active:
+            avg["cpu_threads"] = float(self.governor.threads)
         for cb in self.callbacks:
             cb.on_step(self.step, avg)
 
@@ -334,8 +358,14 @@ class Trainer:
         while self.step < cfg.steps:
             if self._out_of_time(started):
                 break
+            if self.governor:
+                self.governor.before_step(self.step)
             metrics = self.train_step()
+            if self.governor:
+                self.governor.after_step(self.step)
             self.step += 1
+            for cb in self.callbacks:
+                cb.on_train_step(self.step, metrics)
             if metrics is not None:
                 for k, v in metrics.items():
                     running[k] = running.get(k, 0.0) + v
@@ -350,6 +380,8 @@ class Trainer:
                 self.save()
         if count:  # a budget stop between two log points: report the partial window too
             self._report(running, count, started)
+        for cb in self.callbacks:
+            cb.on_train_end(self.step)
         path = self.save()
         self.train_seconds = time.perf_counter() - started
         self._sample()
