@@ -9,8 +9,9 @@ export defaults (`dvdm.config.ExportParams`: sampler, steps, guidance), into tem
 Then, interleaved, medians of `--repeats`:
 - one denoiser step at the batch a guided single-clip request runs (2: conditional + unconditional), torch
   eager (inference mode, oneDNN convs) vs ORT: each export with a dynamic batch axis, the 2D export with the
-  batch fixed per session (`dvdm.runtime.batch_sessions`, what serving runs), and two settings serving does
-  not use by default, for reference: spin-waiting threads, one thread;
+  batch fixed per session (`dvdm.runtime.batch_sessions`) on all threads and on one, the count `dvdm serve`
+  picks by timing both at load (`dvdm.runtime.thread_choice`), and, for reference, spin-waiting threads
+  (which serving does not use);
 - one whole clip at the export's default sampler/steps/guidance, batch 1 (text and image encoding, sampling,
   decoding): the torch `VideoPipeline` vs the ORT pipeline as it was (3D, dynamic batch) and as it is;
 - the end-to-end PSNR of the current ORT clip against torch from the same noise (`dvdm.export.parity`).
@@ -104,7 +105,7 @@ def main() -> int:
     print("exported both graphs", file=sys.stderr)
 
     torch_pipe = VideoPipeline.from_checkpoint(checkpoint, device="cpu")
-    new = OrtVideoPipeline.from_export(tmp / "conv2d", provider="cpu")
+    new = OrtVideoPipeline.from_export(tmp / "conv2d", provider="cpu", threads="auto")  # as `dvdm serve` loads it
     old = OrtVideoPipeline.from_export(tmp / "conv3d", provider="cpu")
     old.sessions["denoiser"] = old.sessions["denoiser"].dynamic  # serving as it was: one dynamic session
     guided = new.has_text and params.guidance != 1.0
@@ -129,22 +130,25 @@ def main() -> int:
                                                            spinning=False),
         ("onnxruntime", "2D convs, dynamic batch"): session(tmp / "conv2d" / "denoiser.onnx", threads=threads,
                                                            spinning=False),
-        ("onnxruntime", "2D convs, fixed batch (serving)"): new.sessions["denoiser"].for_batch(batch),
-        ("onnxruntime", "2D, fixed, spin-waiting"): session(tmp / "conv2d" / "denoiser.onnx", threads=threads,
-                                                           spinning=True, fixed_batch=batch),
-        ("onnxruntime", "2D, fixed, 1 thread"): session(tmp / "conv2d" / "denoiser.onnx", threads=1,
-                                                       spinning=False, fixed_batch=batch),
+        ("onnxruntime", f"2D, fixed batch, {threads} threads"): session(
+            tmp / "conv2d" / "denoiser.onnx", threads=threads, spinning=False, fixed_batch=batch),
+        ("onnxruntime", "2D, fixed batch, 1 thread"): session(tmp / "conv2d" / "denoiser.onnx", threads=1,
+                                                             spinning=False, fixed_batch=batch),
+        ("onnxruntime", "2D, fixed batch, timed (serving)"): new.sessions["denoiser"].for_batch(batch),
     }
+    # measured on its own, after the rest: its threads keep spinning after each call and would slow
+    # whichever arm runs next (torch eager's step took 14 ms instead of 6 behind it)
+    spin_key = ("onnxruntime", f"2D, fixed, {threads} spin-waiting")
     clip_arms = {
         ("torch eager", "VideoPipeline"): lambda: torch_pipe(first, [PROMPT], steps=params.steps,
                                                             guidance=params.guidance, sampler=params.sampler,
                                                             seeds=[0]),
         ("onnxruntime", "serving as it was (3D, dynamic)"): lambda: old(first, [PROMPT], seeds=[0]),
-        ("onnxruntime", "serving now (2D, fixed batch)"): lambda: new(first, [PROMPT], seeds=[0]),
+        ("onnxruntime", "serving now (2D, fixed, timed)"): lambda: new(first, [PROMPT], seeds=[0]),
     }
     for fn in clip_arms.values():  # build every lazily created session before timing
         fn()
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in [*step_arms, *clip_arms]}
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in [*step_arms, spin_key, *clip_arms]}
     for _ in range(args.repeats):  # interleaved: a noisy moment hits every arm alike
         for key, arm in step_arms.items():
             fn = arm if callable(arm) else (lambda s=arm: s.run(None, feeds))
@@ -152,6 +156,9 @@ def main() -> int:
     for _ in range(args.clip_repeats):
         for key, fn in clip_arms.items():
             times[key].append(median_time(fn, 1, warmup=0))
+    spinning = session(tmp / "conv2d" / "denoiser.onnx", threads=threads, spinning=True, fixed_batch=batch)
+    times[spin_key] = [median_time(lambda: spinning.run(None, feeds), args.repeats)]
+    step_arms[spin_key] = spinning
     e2e = parity.end_to_end(torch_pipe, new, first_frames=parity.parity_first_frames(2, torch_pipe.height,
                                                                                      torch_pipe.width),
                             prompts=[PROMPT, "a blue circle moves up"] if new.has_text else None,
@@ -161,9 +168,14 @@ def main() -> int:
     for (engine, variant), values in times.items():
         what = f"denoiser step (batch {batch})" if (engine, variant) in step_arms else \
             f"clip ({params.sampler} {params.steps}, guidance {params.guidance:g})"
+        if engine == "torch eager":
+            used = torch.get_num_threads()
+        elif "serving now" in variant or "timed" in variant:
+            used = new.threads
+        else:
+            used = 1 if "1 thread" in variant else threads
         rows.append({"what": what, "engine": engine, "variant": variant, "seconds": statistics.median(values),
-                     "threads": torch.get_num_threads() if engine == "torch eager" else
-                     (1 if "1 thread" in variant else threads)})
+                     "threads": used})
     for r in rows:
         ref = next(x for x in rows if x["what"] == r["what"] and x["engine"] == "torch eager")
         r["speedup_vs_torch"] = ref["seconds"] / r["seconds"]
