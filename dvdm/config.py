@@ -83,7 +83,7 @@ class TrainAEParams:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
-    log_every: int = 50
+    log_every: int = 10
     checkpoint_every: int = 100     # a killed run resumes from its last checkpoint
     eval_clips: int = 8
     max_seconds: float = 0.0         # > 0: stop after this much training time (a compute budget)

@@ -66,8 +66,11 @@ def _tiny_trainer(tmp_path, adaptive: bool) -> Trainer:
 
 
 def test_trainer_governs_only_when_asked_and_the_count_is_not_fixed(tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("DVDM_CPU_TUNING", raising=False)
+    from dvdm.runtime import cpus
+
+    # an earlier in-process CLI call may have run cpus.configure_process on this environment
+    for name in ("OMP_NUM_THREADS", "DVDM_CPU_TUNING", cpus.CHOSEN_ENV):
+        monkeypatch.delenv(name, raising=False)
     assert _tiny_trainer(tmp_path, adaptive=True).governor is not None
     assert _tiny_trainer(tmp_path, adaptive=False).governor is None
     monkeypatch.setenv("OMP_NUM_THREADS", "2")   # the user's fixed count
