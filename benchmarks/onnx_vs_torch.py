@@ -12,8 +12,10 @@ Then, interleaved, medians of `--repeats`:
   batch fixed per session (`dvdm.runtime.batch_sessions`) on all threads and on one, the count `dvdm serve`
   picks by timing both at load (`dvdm.runtime.thread_choice`), and, for reference, spin-waiting threads
   (which serving does not use);
+- the same step inside each pipeline's sampling loop: (time of 3x the steps - time of the steps) / 2x steps;
 - one whole clip at the export's default sampler/steps/guidance, batch 1 (text and image encoding, sampling,
   decoding): the torch `VideoPipeline` vs the ORT pipeline as it was (3D, dynamic batch) and as it is;
+- the graph's node count after onnxruntime's optimisation, dynamic vs fixed batch;
 - the end-to-end PSNR of the current ORT clip against torch from the same noise (`dvdm.export.parity`).
 
     python benchmarks/onnx_vs_torch.py [--model models/diffusion] [--repeats 30] [--json PATH]
@@ -46,6 +48,7 @@ from dvdm.models import conv  # noqa: E402
 from dvdm.pipeline import VideoPipeline  # noqa: E402
 from dvdm.runtime import cpus  # noqa: E402
 from dvdm.runtime.pipeline import OrtVideoPipeline  # noqa: E402
+from dvdm.runtime.sessions import session_options  # noqa: E402
 
 PROMPT = "a red square moves left"
 
@@ -69,13 +72,20 @@ def export(checkpoint: Path, out: Path, params: ExportParams, conv2d: bool) -> N
 
 
 def session(path: Path, *, threads: int, spinning: bool, fixed_batch: int | None = None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if fixed_batch:
-        opts.add_free_dimension_override_by_name("batch", fixed_batch)
+    """A CPU session as serving opens them (`session_options`), with the thread count, spin-waiting and fixed
+    batch of the arm."""
+    opts = session_options(threads, {"batch": fixed_batch} if fixed_batch else None, spinning=spinning)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def graph_nodes(path: Path, threads: int, fixed_batch: int | None, tmp: Path) -> int:
+    """Nodes of the graph as onnxruntime runs it (after its optimisations, written out to count)."""
+    import onnx
+
+    opts = session_options(threads, {"batch": fixed_batch} if fixed_batch else None)
+    opts.optimized_model_filepath = str(tmp / f"optimized-{path.parent.name}-{fixed_batch}.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return len(onnx.load(opts.optimized_model_filepath).graph.node)
 
 
 def project_relative(path: Path) -> str:
@@ -146,9 +156,22 @@ def main() -> int:
         ("onnxruntime", "serving as it was (3D, dynamic)"): lambda: old(first, [PROMPT], seeds=[0]),
         ("onnxruntime", "serving now (2D, fixed, timed)"): lambda: new(first, [PROMPT], seeds=[0]),
     }
-    for fn in clip_arms.values():  # build every lazily created session before timing
+    # the step as the sampling loop runs it, between its other calls: (clip at 3x the steps - clip) / 2x steps
+    long_steps = 3 * params.steps
+    loop_arms = {
+        ("torch eager", "in the sampling loop"): lambda: torch_pipe.sample_targets(
+            first, [PROMPT], steps=long_steps, guidance=params.guidance, sampler=params.sampler, seeds=[0]),
+        ("onnxruntime", "in the sampling loop (serving)"): lambda: new.sample_targets(
+            first, [PROMPT], steps=long_steps, seeds=[0]),
+    }
+    short_arms = {
+        ("torch eager", "in the sampling loop"): lambda: torch_pipe.sample_targets(
+            first, [PROMPT], steps=params.steps, guidance=params.guidance, sampler=params.sampler, seeds=[0]),
+        ("onnxruntime", "in the sampling loop (serving)"): lambda: new.sample_targets(first, [PROMPT], seeds=[0]),
+    }
+    for fn in [*clip_arms.values(), *loop_arms.values()]:  # build every lazily created session before timing
         fn()
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in [*step_arms, spin_key, *clip_arms]}
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in [*step_arms, spin_key, *loop_arms, *clip_arms]}
     for _ in range(args.repeats):  # interleaved: a noisy moment hits every arm alike
         for key, arm in step_arms.items():
             fn = arm if callable(arm) else (lambda s=arm: s.run(None, feeds))
@@ -156,6 +179,9 @@ def main() -> int:
     for _ in range(args.clip_repeats):
         for key, fn in clip_arms.items():
             times[key].append(median_time(fn, 1, warmup=0))
+        for key in loop_arms:
+            extra = median_time(loop_arms[key], 1, warmup=0) - median_time(short_arms[key], 1, warmup=0)
+            times[key].append(extra / (long_steps - params.steps))
     spinning = session(tmp / "conv2d" / "denoiser.onnx", threads=threads, spinning=True, fixed_batch=batch)
     times[spin_key] = [median_time(lambda: spinning.run(None, feeds), args.repeats)]
     step_arms[spin_key] = spinning
@@ -164,32 +190,38 @@ def main() -> int:
                             prompts=[PROMPT, "a blue circle moves up"] if new.has_text else None,
                             steps=params.steps, guidance=params.guidance, seeds=[0, 1], min_psnr=params.min_psnr,
                             sampler=params.sampler)
+    nodes = {"3D convs, dynamic batch": graph_nodes(tmp / "conv3d" / "denoiser.onnx", threads, None, tmp),
+             "2D convs, dynamic batch": graph_nodes(tmp / "conv2d" / "denoiser.onnx", threads, None, tmp),
+             "2D convs, fixed batch": graph_nodes(tmp / "conv2d" / "denoiser.onnx", threads, batch, tmp)}
     rows = []
     for (engine, variant), values in times.items():
-        what = f"denoiser step (batch {batch})" if (engine, variant) in step_arms else \
-            f"clip ({params.sampler} {params.steps}, guidance {params.guidance:g})"
+        what = f"denoiser step (batch {batch})" if (engine, variant) in step_arms or (engine, variant) in loop_arms \
+            else f"clip ({params.sampler} {params.steps}, guidance {params.guidance:g})"
         if engine == "torch eager":
             used = torch.get_num_threads()
-        elif "serving now" in variant or "timed" in variant:
+        elif "serving" in variant and "as it was" not in variant:
             used = new.threads
         else:
             used = 1 if "1 thread" in variant else threads
         rows.append({"what": what, "engine": engine, "variant": variant, "seconds": statistics.median(values),
                      "threads": used})
     for r in rows:
-        ref = next(x for x in rows if x["what"] == r["what"] and x["engine"] == "torch eager")
+        in_loop = "sampling loop" in r["variant"]  # compared with torch in its loop, not with the lone call
+        ref = next(x for x in rows if x["what"] == r["what"] and x["engine"] == "torch eager"
+                   and ("sampling loop" in x["variant"]) == in_loop)
         r["speedup_vs_torch"] = ref["seconds"] / r["seconds"]
     print(f"{'what':34s} {'engine':12s} {'variant':32s} {'thr':>3s} {'ms':>9s} {'vs torch':>8s}")
     print("-" * 104)
     for r in rows:
         print(f"{r['what']:34s} {r['engine']:12s} {r['variant']:32s} {r['threads']:3d} "
               f"{1000 * r['seconds']:9.2f} {r['speedup_vs_torch']:7.2f}x")
+    print("nodes after onnxruntime's optimisation: " + ", ".join(f"{k} {v}" for k, v in nodes.items()))
     print(f"end-to-end parity of the serving pipeline vs torch ({e2e['steps']} {e2e['sampler']} steps, guidance "
           f"{e2e['guidance']:g}, 2 clips, same noise): {e2e['psnr_db']:.1f} dB (target >= {params.min_psnr:g})")
     print(f"(space {new.manifest['space']['name']}, target {'x'.join(map(str, new.target_shape))}, CPU; medians "
           f"of {args.repeats} steps / {args.clip_repeats} clips, interleaved)")
     if args.json:
-        write_results(args.json, "onnx_vs_torch", {"rows": rows, "end_to_end_parity": e2e,
+        write_results(args.json, "onnx_vs_torch", {"rows": rows, "end_to_end_parity": e2e, "graph_nodes": nodes,
                                                    "export": dataclasses.asdict(params),
                                                    "model": project_relative(args.model)},
                       onnxruntime=ort.__version__, torch=torch.__version__)

@@ -162,7 +162,7 @@ class ModelManager:
         return self._cache
 
     def _load_registry(self, version: Any) -> LoadedModel:
-        from dvdm.tracking.registry import download_version
+        from dvdm.tracking.registry import METRIC_TAG_PREFIX, download_version
 
         name = self.ref.name
         assert name is not None
@@ -175,7 +175,7 @@ class ModelManager:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         metrics = _version_metrics(self._client_(), version)
-        tags = {k: v for k, v in sorted((version.tags or {}).items()) if not k.startswith("metric.")}
+        tags = {k: v for k, v in sorted((version.tags or {}).items()) if not k.startswith(METRIC_TAG_PREFIX)}
         return LoadedModel(pipe, folder, name=name, version=str(version.version), alias=self.ref.alias,
                            source=version.source, run_id=version.run_id, metrics=metrics, tags=tags, owned=True)
 

@@ -59,7 +59,9 @@ class ServeSettings:
     @property
     def session_threads(self) -> int | str:
         """What the ORT pipeline is loaded with: the set count, or "auto" (timed at load)."""
-        return self.threads if self.threads is not None else "auto"
+        from dvdm.runtime.thread_choice import AUTO
+
+        return self.threads if self.threads is not None else AUTO
 
     def __post_init__(self) -> None:
         problems = []

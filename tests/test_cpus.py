@@ -88,7 +88,10 @@ def test_sessions_do_not_spin_by_default(monkeypatch):
     options = session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception, match="does not have configuration"):  # forced on: onnxruntime's spinning
+        session_options(spinning=True).get_session_config_entry("session.intra_op.allow_spinning")
     monkeypatch.setenv(cpus.TUNING_ENV, "off")
+    assert session_options(spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     options = session_options()
     assert options.intra_op_num_threads == 0  # onnxruntime's own default
     with pytest.raises(Exception, match="does not have configuration"):

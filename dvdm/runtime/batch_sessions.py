@@ -1,10 +1,10 @@
 """`BatchSizedSessions`: a graph with a dynamic batch axis, run by a session built for each batch size it sees.
 
 An export keeps the batch axis dynamic (one file serves guided and unguided sampling, one clip or several), so
-every Reshape in the graph computes its target shape at run time: Shape -> Gather -> Unsqueeze -> Concat chains,
-about 480 of the default denoiser's 1059 nodes after onnxruntime's optimisation. A session whose batch axis is
-fixed (onnxruntime's free dimension override) folds them into constants (576 nodes), and on a step of a few
-milliseconds the per-node overhead is a large part of the time (benchmarks/onnx_vs_torch.py). The denoiser runs
+every Reshape in the graph computes its target shape at run time: Shape -> Gather -> Unsqueeze -> Concat chains.
+A session whose batch axis is fixed (onnxruntime's free dimension override) folds them into constants (the
+default denoiser: 1851 -> 746 nodes after onnxruntime's optimisation), and on a step of a few milliseconds the
+per-node overhead is a large part of the time (benchmarks/onnx_vs_torch.py prints both). The denoiser runs
 once per sampling step with one or two batch sizes per model (B, or 2B with guidance), so a session per size
 pays its build time once; past `max_sizes` sizes the shared dynamic session serves the rest.
 """

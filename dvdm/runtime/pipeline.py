@@ -131,7 +131,7 @@ class OrtVideoPipeline:
         return pipe
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
+    def from_pretrained(cls, model: str | os.PathLike[str], *, provider: str = "auto", threads: int | str | None = None,
                         tracking_uri: str | None = None) -> OrtVideoPipeline:
         """Load an export folder or a registered version (`models:/dvdm@champion`, `models:/dvdm/3`, from
         `tracking_uri`, else $MLFLOW_TRACKING_URI, else the embedded store of ./work), as `from_export` does.

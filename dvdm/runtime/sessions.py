@@ -94,11 +94,13 @@ def choose_provider(prefer: str = "auto") -> ProviderChoice:
     return choice
 
 
-def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, fixed_dims: dict[str, int] | None = None,
+                    spinning: bool | None = None) -> ort.SessionOptions:
     """Full graph optimisation; `threads` intra-op threads (None: `cpus.ort_threads`, the CPUs this process
     may use); no spin-waiting between operators unless `cpus.ort_spinning` allows it (see `dvdm.runtime.cpus`:
     a spinning pool on a shared core slows every request down several times). `fixed_dims`: named dynamic
-    axes given a fixed size (onnxruntime's free dimension override; see `dvdm.runtime.batch_sessions`)."""
+    axes given a fixed size (onnxruntime's free dimension override; see `dvdm.runtime.batch_sessions`).
+    `spinning`: force spin-waiting on or off (None: `cpus.ort_spinning`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     for axis, size in (fixed_dims or {}).items():
@@ -109,7 +111,7 @@ def session_options(threads: int | None = None, fixed_dims: dict[str, int] | Non
             raise ProviderError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    if not cpus.ort_spinning():
+    if not (cpus.ort_spinning() if spinning is None else spinning):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options

@@ -1,9 +1,9 @@
 """How many intra-op threads a denoiser should run on, chosen by timing it when the model loads.
 
-More threads are not always faster: the default ED-VDM denoiser works on an 8x8 block grid, its ~580 operators
+More threads are not always faster: the default ED-VDM denoiser works on an 8x8 block grid, its ~750 operators
 take microseconds each, and without spin-waiting (which dvdm turns off, see `dvdm.runtime.cpus`) waking a
-second thread for every operator costs about what it saves. benchmarks/serve_load.py measured the service at
-7.8 req/s on one thread vs 6.9 on two (concurrency 1), while a paper-size 16x128x128 model needs every core.
+second thread for every operator costs about what it saves (benchmarks/onnx_vs_torch.py times one and two
+threads side by side: within noise of each other), while a paper-size 16x128x128 model needs every core.
 So `threads="auto"` times a few denoiser calls at the batch the default request runs (guided: 2) with each
 candidate count - all the CPUs this process may use, and one - and keeps the faster. On CUDA the count does
 not matter and nothing is timed.
