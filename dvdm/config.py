@@ -175,15 +175,22 @@ class PlacementParams:
     local: every stage in the flow's own process (the embedded default). pools: each stage is a run of a
     `dvdm-stage` deployment (`deployments`: stage name -> deployment, `default` for the rest), on that
     deployment's work pool; workers clone the project from `git_url` (default: the project's `origin`) at
-    the orchestrator's commit and move data only through the DVC remote `dvc_remote` (any DVC remote URL)."""
+    the orchestrator's commit and move data only through the DVC remote `dvc_remote` (any DVC remote URL).
+    A placed stage whose run fails or crashes is sent again up to `retries` times, `retry_delay_seconds` apart;
+    a training stage's retry continues from the last checkpoint an earlier attempt saved."""
 
     mode: str = "local"
     deployments: dict[str, str] = field(default_factory=lambda: {
         "default": "dvdm-stage/cpu", "train-ae": "dvdm-stage/gpu", "train-diffusion": "dvdm-stage/gpu"})
     dvc_remote: str = ""
     git_url: str = ""
+    retries: int = 2
+    retry_delay_seconds: int = 10
 
     def __post_init__(self) -> None:
+        for name in ("retries", "retry_delay_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"placement.{name} must be >= 0, got {getattr(self, name)}")
         if self.mode not in PLACEMENT_MODES:
             raise ConfigError(f"placement.mode must be one of {', '.join(PLACEMENT_MODES)}, got {self.mode!r}")
         if "default" not in self.deployments:

@@ -33,9 +33,9 @@ from dvdm.train.device import autocast, inference_dtype, select_device
 SAMPLERS = ("ddim", "ddpm", "dpm++")
 
 
-def image_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / IMAGE_DIVIDE - IMAGE_SUBTRACT
+def image_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3), an array or a tensor -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.as_tensor(images).to(device).permute(0, 3, 1, 2).float() / IMAGE_DIVIDE - IMAGE_SUBTRACT
 
 
 @dataclass

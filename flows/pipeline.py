@@ -101,10 +101,11 @@ def _pipeline(project: str | None, force: bool, register_model: bool, stages: li
             source = placed.project_source(root, settings)
             use_remote(root, settings.dvc_remote)
             logger.info("placing stages on work pools: %s at %s, data through %s", *source, settings.dvc_remote)
+            run_placed_stage = placed.placed_stage_task(settings)
         for k, name in enumerate(names, 1):
             where(f"[{k}/{len(names)}] {name}: started")
             if settings.mode == "pools":
-                res = placed.run_placed_stage(str(root), name, as_dict(settings), source, parent, force=force)
+                res = run_placed_stage(str(root), name, as_dict(settings), source, parent, force=force)
             else:
                 res = run_stage(str(root), name, force=force)
                 tracking_tasks.log_stage(str(root), parent, res)

@@ -6,6 +6,10 @@ What travels: the git URL and commit of the project, the DVC remote's URL, dvc.l
 ids. Data moves through the DVC remote; each stage's result (its new dvc.lock entry and git-kept metrics files)
 comes back through its MLflow child run (`stage_result.json`), and is written into this project, so that at
 the end `dvc pull` here fetches what the workers made.
+
+A deployment run that fails or crashes is sent again (`placement.retries`, `retry_delay_seconds`); a training
+stage's retry continues from the checkpoint the failed attempt saved to the parent run (flows/checkpoint_sync.py).
+A settings problem (ConfigError) and a run someone cancelled are not retried.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
 from prefect.deployments import run_deployment
+from prefect.runtime import task_run
 from prefect.settings import PREFECT_API_URL
+from prefect.states import State
 
 from dvdm.config import PlacementParams
 from dvdm.errors import ConfigError
@@ -72,26 +79,54 @@ def read_result(project: str, parent: dict[str, Any], stage_name: str) -> dict[s
         return json.loads(Path(path).read_text())
 
 
+class StageCancelled(RuntimeError):
+    """A stage's deployment run was cancelled (by someone, on purpose): not retried."""
+
+
+def retry_placed_stage(_task: Task, _run: TaskRun, state: State) -> bool:
+    """The retry condition of `run_placed_stage`: a deployment run that failed or crashed (or a failure to
+    read its result) is sent again; a ConfigError (no such deployment, bad settings) or a cancelled run is not."""
+    try:
+        state.result()
+    except (ConfigError, StageCancelled):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def placed_stage_task(settings: PlacementParams) -> Task:
+    """`run_placed_stage` with the retries `settings` ask for."""
+    return run_placed_stage.with_options(retries=settings.retries, retry_delay_seconds=settings.retry_delay_seconds,
+                                         retry_condition_fn=retry_placed_stage)
+
+
 @task(name="placed-stage", cache_policy=NO_CACHE, task_run_name="{stage_name} on pool")
 def run_placed_stage(project: str, stage_name: str, placement: dict[str, Any], source: tuple[str, str],
                      parent: dict[str, Any], force: bool = False) -> dict[str, Any]:
-    """Run one stage as a `dvdm-stage` deployment run and take its result into this project."""
+    """Run one stage as a `dvdm-stage` deployment run and take its result into this project (retries:
+    `placed_stage_task`)."""
     logger = get_run_logger()
     root = Path(project)
     settings = PlacementParams(**placement)
     deployment = settings.deployment(stage_name)
-    logger.info("%s: sending to deployment %s", stage_name, deployment)
+    attempt = task_run.get_run_count()
+    logger.info("%s: sending to deployment %s%s", stage_name, deployment,
+                f" (attempt {attempt})" if attempt > 1 else "")
     from prefect.exceptions import ObjectNotFound
 
     try:
         run = run_deployment(deployment, parameters={
             "stage_name": stage_name, "git_url": source[0], "revision": source[1],
-            "dvc_remote": settings.dvc_remote, "lock": lock_entries(root), "parent": parent, "force": force},
+            "dvc_remote": settings.dvc_remote, "lock": lock_entries(root), "parent": parent, "force": force,
+            "attempt": attempt},
             timeout=None)
     except ObjectNotFound:
         raise ConfigError(f"{stage_name}: no deployment {deployment!r} on the Prefect server "
                           f"({PREFECT_API_URL.value() or 'a temporary local one'}); deploy them with "
                           "`prefect deploy --all` and start a worker per pool (README: Scale out)") from None
+    if run.state and run.state.is_cancelled():
+        raise StageCancelled(f"{stage_name}: deployment run {run.name} ({run.id}) was cancelled")
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"{stage_name}: deployment run {run.name} ({run.id}) on pool {run.work_pool_name} "
                            f"ended {run.state.name if run.state else 'without a state'}")

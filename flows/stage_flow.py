@@ -8,7 +8,8 @@ On the worker it
    depends on (the outputs of the stages before it) and, when they exist, its own outputs;
 3. skips the stage when DVC finds it up to date; else runs its dvc.yaml command (training stages under
    `torchrun --nproc-per-node $DVDM_NPROC_PER_NODE` when that is > 1), records it with `dvc commit` and
-   pushes its outputs to the remote;
+   pushes its outputs to the remote. A training stage's checkpoints go to the parent run as they are written,
+   and its retry (`attempt` > 1, on any worker) continues from the last one (flows/checkpoint_sync.py);
 4. logs the stage's MLflow child run (metrics, curves, artifacts) under the pipeline's parent run and uploads
    `stage_result.json` to it: the new dvc.lock entry and the stage's git-kept files (metrics), which the
    orchestrator reads back. Nothing passes through a path both machines see.
@@ -36,7 +37,7 @@ from prefect.runtime import flow_run  # noqa: E402
 
 from dvdm.errors import ConfigError  # noqa: E402
 from dvdm.stages.registry import get_stage  # noqa: E402
-from flows import tracking_tasks  # noqa: E402
+from flows import checkpoint_sync, tracking_tasks  # noqa: E402
 from flows.dvc_stages import (Stage, commit_stage, lock_entries, producers, pull_outputs,  # noqa: E402
                               push_outputs, read_stages, stage_up_to_date, use_remote, write_lock_entries)
 from flows.stage_task import read_stage_metrics  # noqa: E402
@@ -58,14 +59,23 @@ def clone_project(git_url: str, revision: str, into: Path) -> Path:
     return into
 
 
-def stage_command(stage_name: str, nproc: int) -> list[str]:
+def stage_command(stage_name: str, nproc: int, resume: bool = False) -> list[str]:
     """The stage's `dvdm` command (as dvc.yaml runs it) with this interpreter, under torchrun for a training
-    stage when `nproc` > 1. Run in the checkout, whose code comes first on the path."""
+    stage when `nproc` > 1, with `--resume` when `resume`. Run in the checkout, whose code comes first on the
+    path."""
     stage = get_stage(stage_name)
+    args = [*stage.arguments(), *(["--resume"] if resume else [])]
     if nproc > 1 and stage.resumable:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                "-m", "dvdm", *stage.arguments()]
-    return [sys.executable, "-m", "dvdm", *stage.arguments()]
+                "-m", "dvdm", *args]
+    return [sys.executable, "-m", "dvdm", *args]
+
+
+def resuming(stage_name: str, force: bool, attempt: int) -> bool:
+    """Whether the command continues from a checkpoint, as in local mode (flows/stage_task.py): every attempt
+    of a resumable stage does, but the first of a forced run; the checkpoint's fingerprint decides whether it
+    is used."""
+    return get_stage(stage_name).resumable and (attempt > 1 or not force)
 
 
 def processes_per_node() -> int:
@@ -99,16 +109,35 @@ def kept_files(project: Path, stage: Stage) -> dict[str, str]:
     return {name: (project / name).read_text() for name in stage.uncached if (project / name).is_file()}
 
 
+def run_training(project: Path, stage_name: str, parent: dict[str, Any], resume: bool) -> None:
+    """Run a resumable stage's command: first put the checkpoint an earlier attempt saved in place (when
+    `resume`), and save each checkpoint it writes to the parent run while it runs."""
+    logger = get_run_logger()
+    client = tracking_tasks.client_for(project)
+    checkpoint = project / get_stage(stage_name).path("out") / "checkpoint"
+    if resume:
+        try:
+            step, why = checkpoint_sync.restore(client, parent["run_id"], stage_name, checkpoint)
+        except Exception as exc:  # the stage can still run, from the start
+            logger.warning("%s: could not download the checkpoint an earlier attempt saved: %s", stage_name, exc)
+        else:
+            logger.info("%s: %s", stage_name, f"the checkpoint of step {step} an earlier attempt saved is in "
+                        f"place ({why})" if step is not None else f"nothing to continue from: {why}")
+    with checkpoint_sync.syncing(client, parent["run_id"], stage_name, checkpoint, logger):
+        run_command(stage_command(stage_name, processes_per_node(), resume), project)
+
+
 @flow(name="dvdm-stage", log_prints=True)
 def stage_flow(stage_name: str, git_url: str, revision: str, dvc_remote: str, lock: dict[str, Any],
-               parent: dict[str, Any], force: bool = False) -> dict[str, Any]:
-    """Run pipeline stage `stage_name` of the project at `git_url`@`revision` on this worker (see the module doc)."""
+               parent: dict[str, Any], force: bool = False, attempt: int = 1) -> dict[str, Any]:
+    """Run pipeline stage `stage_name` of the project at `git_url`@`revision` on this worker (see the module doc);
+    `attempt` > 1: a retry, which continues a training stage from the checkpoint an earlier attempt saved."""
     with library_logs_in_run_log():
-        return _run_stage_here(stage_name, git_url, revision, dvc_remote, lock, parent, force)
+        return _run_stage_here(stage_name, git_url, revision, dvc_remote, lock, parent, force, attempt)
 
 
 def _run_stage_here(stage_name: str, git_url: str, revision: str, dvc_remote: str, lock: dict[str, Any],
-                    parent: dict[str, Any], force: bool) -> dict[str, Any]:
+                    parent: dict[str, Any], force: bool, attempt: int = 1) -> dict[str, Any]:
     """The flow's body (see `stage_flow`)."""
     logger = get_run_logger()
     os.environ["MLFLOW_TRACKING_URI"] = parent["tracking_uri"]  # the pipeline's tracking server
@@ -128,7 +157,10 @@ def _run_stage_here(stage_name: str, git_url: str, revision: str, dvc_remote: st
         if skipped:
             logger.info("%s: up to date (dvc status), skipped", stage_name)
         else:
-            run_command(stage_command(stage_name, processes_per_node()), project)
+            if get_stage(stage_name).resumable:
+                run_training(project, stage_name, parent, resuming(stage_name, force, attempt))
+            else:
+                run_command(stage_command(stage_name, processes_per_node()), project)
             commit_stage(project, stage)
             push_outputs(project, stage_name)
         result = {"stage": stage_name, "skipped": skipped, "seconds": round(time.perf_counter() - started, 2),

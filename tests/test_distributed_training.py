@@ -90,3 +90,41 @@ def test_the_train_stage_under_torchrun_matches_one_process(tmp_path):
     m2 = json.loads((project / "models/two/results.json").read_text())
     assert m2["steps"] == 4 and m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-3)
     assert not list(scratch.glob("dvdm-train-data-*"))  # the ranks' shared training arrays are removed
+
+
+def test_the_train_ae_stage_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun -m dvdm train-ae`: each process writes the residual frames of its share of the clips into the
+    shared training arrays; the model equals one process's at the same global batch."""
+    from tests.tiny_project import tiny_project
+
+    project = tiny_project(tmp_path / "p")
+    run([sys.executable, "-m", "dvdm", "ingest", "--params", "params.yaml"], cwd=project)
+    run([sys.executable, "-m", "dvdm", "decompose", "--params", "params.yaml", "--in", "data/ingested",
+         "--out", "data/decomposed", "--metrics", "metrics/decompose.json"], cwd=project)
+    common = ["train-ae", "--params", "params.yaml", "--in", "data/decomposed", "--set", "steps=3",
+              "--set", "batch_size=4", "--set", "log_every=1"]
+    run([sys.executable, "-m", "dvdm", *common, "--out", "models/one"], cwd=project)
+    run([*TORCHRUN, "-m", "dvdm", *common, "--out", "models/two"], cwd=project)
+
+    # The same batches: the loss of every step is the single process's (step 1, before any update, to float
+    # precision). The tiny clips' residuals are almost all zero, so the L1 loss's gradient is the sign of
+    # near-zero errors, which summation order flips, and Adam scales each flipped element to a full step
+    # (lr = 1e-3): a few weights differ by about a step, the mean difference stays small. Other data or other
+    # batches would move almost every weight by about a step.
+    logs = [[json.loads(x) for x in (project / f"models/{n}/metrics.jsonl").read_text().splitlines()]
+            for n in ("one", "two")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3]
+    assert logs[1][0]["loss"] == pytest.approx(logs[0][0]["loss"], rel=1e-6)
+    for x, y in zip(*logs):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-3)
+    from safetensors.torch import load_file
+
+    for name in ("model", "ema"):
+        a = load_file(project / "models/one/checkpoint" / f"{name}.safetensors")
+        b = load_file(project / "models/two/checkpoint" / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+        assert float(diff.mean()) < 5e-5, f"{name}: mean |diff| {float(diff.mean()):.2e}"
+    m1 = json.loads((project / "models/one/results.json").read_text())
+    m2 = json.loads((project / "models/two/results.json").read_text())
+    assert m2["train_frames"] == m1["train_frames"] > 0

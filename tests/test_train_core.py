@@ -85,6 +85,28 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Steps logged after the last checkpoint by an interrupted run are trained again on resume: their old
+    records go, so the curve has each step once (and the resumed run's values)."""
+    from dvdm.train.trainer import JsonlMetrics
+
+    first = _trainer(tmp_path, 3)
+    first.config.log_every = 1
+    first.fit()  # checkpoint at step 3
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    with open(log, "a") as fh:  # logged after the checkpoint, then killed
+        fh.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + json.dumps({"step": 5, "loss": 99.0}) + "\n")
+    resumed = _trainer(tmp_path, 5)
+    resumed.config.log_every = 1
+    resumed.callbacks = [JsonlMetrics(log, 5)]
+    resumed.resume(tmp_path / "checkpoint")
+    resumed.fit()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(r["loss"] != 99.0 for r in records)
+
+
 def test_checkpoint_files_and_refusals(tmp_path):
     tr = _trainer(tmp_path, 1)
     path = tr.fit()

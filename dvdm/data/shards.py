@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,26 +127,49 @@ class ShardedDataset:
             counts[r["split"]] += 1
         return counts
 
-    def iter_shards(self, split: str | None = None) -> Iterator[tuple[list[dict[str, Any]], dict[str, np.ndarray]]]:
-        """Yield (records, arrays) per shard, in manifest order."""
+    def _by_shard(self, split: str | None) -> dict[str, list[dict[str, Any]]]:
         by_shard: dict[str, list[dict[str, Any]]] = {}
         for r in self.records:
             if split is None or r["split"] == split:
                 by_shard.setdefault(r["shard"], []).append(r)
-        for name, records in by_shard.items():
+        return by_shard
+
+    def ordered_records(self, split: str | None = None) -> list[dict[str, Any]]:
+        """The records of a split in the order `iter_examples` yields their clips (without reading a shard)."""
+        return [r for records in self._by_shard(split).values() for r in records]
+
+    def iter_shards(self, split: str | None = None, start: int = 0, stop: int | None = None,
+                    keys: Iterable[str] | None = None) -> Iterator[tuple[list[dict[str, Any]], dict[str, np.ndarray]]]:
+        """Yield (records, arrays) per shard, in manifest order; with `start`/`stop`, only the examples at those
+        positions of `ordered_records(split)`, and no shard that holds none of them is read; with `keys`, only
+        those arrays are decompressed (a shard holds up to `clips_per_shard` clips of each)."""
+        position = 0
+        for name, records in self._by_shard(split).items():
+            lo, hi = max(start - position, 0), len(records) if stop is None else min(stop - position, len(records))
+            position += len(records)
+            if lo >= hi:
+                continue
+            records = records[lo:hi]
             path = self.root / name
             if not path.is_file():
                 raise DataError(f"{self.root}: shard {name} listed in the manifest is missing")
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as exc:
+                    wanted = [k for k in z.files if k != "ids" and (keys is None or k in keys)]
+                    ids = list(z["ids"])
+                    arrays = {k: z[k] for k in wanted}
+            except (OSError, ValueError, KeyError) as exc:
                 raise DataError(f"{path}: unreadable shard ({exc})") from None
-            ids = list(arrays.pop("ids"))
             order = [ids.index(r["id"]) for r in records]
-            yield records, {k: v[order] for k, v in arrays.items()}
+            if order == list(range(len(ids))):  # the whole shard in its own order: no copy
+                yield records, arrays
+            else:
+                yield records, {k: v[order] for k, v in arrays.items()}
 
-    def iter_examples(self, split: str | None = None) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-        for records, arrays in self.iter_shards(split):
+    def iter_examples(self, split: str | None = None, start: int = 0, stop: int | None = None,
+                      keys: Iterable[str] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        """(record, arrays) per clip in `ordered_records(split)` order (positions `start` to `stop`; arrays
+        `keys`, default all)."""
+        for records, arrays in self.iter_shards(split, start, stop, keys):
             for i, record in enumerate(records):
                 yield record, {k: v[i] for k, v in arrays.items()}

@@ -30,22 +30,39 @@ from dvdm.stages.curves import write_curve
 from dvdm.stages.metrics_file import RESULTS_FILE, write_metrics
 from dvdm.train.device import select_device
 from dvdm.train.distributed import distributed_context
-from dvdm.train.shared_data import shared_training_data
+from dvdm.train.shared_data import RowSpec, TrainingArrays, local_share, training_arrays
 from dvdm.train.trainer import JsonlMetrics, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 
 
-def load_residuals(decomposed: ShardedDataset, split: str, limit: int = 0):
-    """Residual frames (N, 3, H, W) int16 of a split, and the clips' (first_frame, mv, residual) triples."""
-    frames, clips = [], []
-    for record, arrays in decomposed.iter_examples(split):
-        frames.append(arrays["residual"])
+def load_residuals(decomposed: ShardedDataset, split: str, limit: int = 0) -> list[tuple]:
+    """The (first_frame, mv, residual, record) of each clip of a split (at most `limit` when > 0)."""
+    clips = []
+    for record, arrays in decomposed.iter_examples(split, stop=limit or None):
         clips.append((arrays["first_frame"], arrays["mv"], arrays["residual"], record))
-        if limit and len(clips) >= limit:
-            break
-    if not frames:
-        return None, []
-    return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous(), clips
+    return clips
+
+
+def residual_rows(records: list[dict[str, Any]]) -> list[int]:
+    """The first row of each clip's residual frames in the training array, and the total as the last item."""
+    offsets = [0]
+    for record in records:
+        offsets.append(offsets[-1] + int(record["frames"]) - 1)
+    return offsets
+
+
+def write_residuals(store: TrainingArrays, data: ShardedDataset, records: list[dict[str, Any]]) -> None:
+    """This process's share of the training clips, each clip's residual frames into its rows (3, H, W) int16."""
+    offsets, rows = residual_rows(records), store.writable("residual")
+    clips = local_share(len(records), store.context)
+    examples = data.iter_examples("train", clips.start, clips.stop, keys=("residual",))
+    for k, (record, arrays) in enumerate(examples, clips.start):
+        frames = arrays["residual"].transpose(0, 3, 1, 2)
+        if frames.shape != (offsets[k + 1] - offsets[k], *rows.shape[1:]):
+            raise DataError(f"clip {record['id']}: residual frames {frames.shape}, expected "
+                            f"{(offsets[k + 1] - offsets[k], *rows.shape[1:])} (its record's frame count and the "
+                            f"first clip's size)")
+        rows[offsets[k]:offsets[k + 1]] = frames
 
 
 SEARCH_SETTINGS = ("search", "strategy", "static_threshold", "match")  # what the ED-VDM space re-runs
@@ -103,11 +120,11 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
     if not data.records:
         raise DataError(f"{decomposed_dir}: no decomposed clips")
     block = int(data.records[0]["block"])
-    train, _ = load_residuals(data, "train")
-    if train is None:
+    records = data.ordered_records("train")
+    if not records:
         raise DataError(f"{decomposed_dir}: no clips in the train split")
     split = "val" if data.splits()["val"] else "test"
-    _, eval_clips = load_residuals(data, split, params.eval_clips)
+    eval_clips = load_residuals(data, split, params.eval_clips)
     stats_file = Path(decomposed_dir) / "stats.json"
     codec: dict[str, Any] = {}
     if stats_file.is_file():
@@ -135,7 +152,11 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
     context = distributed_context(select_device(cfg.device))
     if not resume and context.is_main:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    with shared_training_data({"residual": train}, context) as data_arrays:
+    first = data.records[0]
+    spec = RowSpec((3, int(first["height"]), int(first["width"])), "int16")
+    with training_arrays({"residual": spec}, residual_rows(records)[-1], context) as store:
+        write_residuals(store, data, records)
+        data_arrays = store.arrays()
         trainer = Trainer(model, loss_fn, data_arrays, cfg, out_dir, kind="dvdm-autoencoder",
                           checkpoint_config={"autoencoder": as_dict(ae_config), "block": block,
                                              "search": search["search"], "codec": search,
@@ -147,7 +168,7 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
     if not context.is_main:  # rank 0 evaluates and writes; every rank returns its summary
         return context.broadcast(None)
     metrics = {"steps": trainer.step, "train_seconds": round(seconds, 2), "block": block,
-               "latent_channels": params.latent_channels, "train_frames": int(train.shape[0]),
+               "latent_channels": params.latent_channels, "train_frames": len(data_arrays["residual"]),
                "eval_split": split,
                # what this latent makes of each space's diffusion target (ED-VDM: ~117x smaller at 128x128)
                "target": target_sizes(int(data.records[0]["frames"]), int(data.records[0]["height"]),

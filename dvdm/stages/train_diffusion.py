@@ -30,7 +30,7 @@ from dvdm.stages.curves import write_curve
 from dvdm.stages.metrics_file import RESULTS_FILE, write_metrics
 from dvdm.train.device import select_device
 from dvdm.train.distributed import distributed_context
-from dvdm.train.shared_data import shared_training_data
+from dvdm.train.shared_data import RowSpec, TrainingArrays, training_arrays
 from dvdm.train.trainer import JsonlMetrics, LossFn, TrainConfig, Trainer
 from dvdm.utils.atomic import write_json
 from dvdm.utils.progress import announce
@@ -63,10 +63,11 @@ def encode_split(data: ShardedDataset, split: str, space: TargetSpace, limit: in
 
 @dataclass
 class TrainingClips:
-    """Everything the stage reads from the ingested clips, encoded once before training."""
+    """What the stage knows of its clips besides the training arrays (which stay on disk)."""
 
     clip: tuple[int, int, int]          # frames, height, width (the first clip's; every clip has it)
-    train: EncodedSplit
+    train_clips: int
+    captions: list[str]                 # of the training clips, in the order of their rows
     held_out: EncodedSplit              # up to 4 val (else test) clips: progress samples and the validation loss
     use_text: bool                      # train.text is on and the training clips carry captions
     check_frames: list                  # first frames of the periodic prompt-swap check (empty: no check)
@@ -100,23 +101,56 @@ def build_training_space(params: TrainParams, autoencoder_dir: str | Path | None
     return space, as_dict(ae.config), {"autoencoder": ae.state_dict()}
 
 
-def encode_training_clips(params: TrainParams, data: ShardedDataset, space: TargetSpace,
-                          ingested_dir: str | Path) -> TrainingClips:
-    """Encode the training split (and fit the space's normaliser on it) and a few held-out clips."""
-    first = data.records[0]
-    started = time.perf_counter()
-    train = encode_split(data, "train", space, params.max_clips)
-    if not train.raws:
+def training_records(params: TrainParams, data: ShardedDataset, ingested_dir: str | Path) -> list[dict[str, Any]]:
+    """The training clips' records in row order (at most `train.max_clips`)."""
+    records = data.ordered_records("train")[:params.max_clips or None]
+    if not records:
         raise DataError(f"{ingested_dir}: no clips in the train split")
-    space.fit_normalizer(train.raws)
+    return records
+
+
+def training_specs(space: TargetSpace, clip: tuple[int, int, int]) -> dict[str, RowSpec]:
+    """The rows of the training arrays: the normalised target and the first frame as stored (uint8 H x W x 3;
+    the loss scales it on the device)."""
+    _, height, width = clip
+    return {"x0": RowSpec(space.target_shape(*clip), "float32"), "first_frame": RowSpec((height, width, 3), "uint8")}
+
+
+def encode_training_set(store: TrainingArrays, data: ShardedDataset, space: TargetSpace) -> None:
+    """Encode this process's training clips into their rows (raw target, first frame), one clip at a time; then
+    fit the space's normaliser on every row (rank 0, for all processes) and normalise this process's rows."""
+    mine = store.mine
+    examples = data.iter_examples("train", mine.start, mine.stop, keys=("frames",))
+    for row, (record, arrays) in enumerate(examples, mine.start):
+        frames = arrays["frames"]
+        try:
+            store.write("x0", row, space.encode(frames))
+        except ValueError as exc:
+            raise DataError(f"clip {record['id']}: {exc} (every training clip must have the first one's size)") \
+                from None
+        store.write("first_frame", row, frames[0])
+    store.sync()
+    context = store.context
+    space.normalizer = context.broadcast(space.fit_normalizer(store.read("x0")) if context.is_main else None)
+    x0 = store.writable("x0")
+    for start in range(mine.start, mine.stop, 256):  # in place, a slab at a time
+        stop = min(start + 256, mine.stop)
+        x0[start:stop] = space.normalize(np.asarray(x0[start:stop]))
+    store.sync()
+
+
+def describe_clips(params: TrainParams, data: ShardedDataset, space: TargetSpace, records: list[dict[str, Any]],
+                   use_text: bool, encode_seconds: float) -> TrainingClips:
+    """The held-out clips (encoded) and the prompt-swap check's first frames, beside the training rows."""
+    first = data.records[0]
     eval_split = "val" if data.splits()["val"] else "test"
+    started = time.perf_counter()
     held_out = encode_split(data, eval_split, space, 4)
-    encode_seconds = time.perf_counter() - started
-    use_text = bool(params.text and any(c.strip() for c in train.captions))
     check_frames = prompt_swap_check_frames(data, eval_split, params.check_clips) \
         if use_text and params.check_clips else []
-    return TrainingClips((first["frames"], first["height"], first["width"]), train, held_out, use_text,
-                         check_frames, encode_seconds)
+    return TrainingClips((first["frames"], first["height"], first["width"]), len(records),
+                         [r.get("caption", "") for r in records], held_out, use_text, check_frames,
+                         encode_seconds + time.perf_counter() - started)
 
 
 def prompt_swap_check_frames(data: ShardedDataset, split: str, limit: int) -> list:
@@ -134,15 +168,13 @@ def load_text_encoder():
     return TextEncoder()
 
 
-def training_tensors(space: TargetSpace, train: EncodedSplit, text_encoder) -> dict[str, torch.Tensor]:
-    """The trainer's in-memory dataset: normalised targets, first frames and (with text) caption embeddings."""
-    tensors: dict[str, torch.Tensor] = {
-        "x0": torch.from_numpy(np.stack([space.normalize(r) for r in train.raws])),
-        "first_frame": image_to_tensor(np.stack(train.firsts), torch.device("cpu")),
-    }
-    if text_encoder is not None:
-        tensors["text"] = text_encoder.encode(train.captions).float().cpu()
-    return tensors
+def write_text_embeddings(store: TrainingArrays, text_encoder, captions: list[str], chunk: int = 4096) -> None:
+    """Rank 0 writes the frozen sentence embedding of every training caption into the `text` rows."""
+    if store.context.is_main:
+        rows = store.writable("text")
+        for start in range(0, len(captions), chunk):
+            rows[start:start + chunk] = text_encoder.encode(captions[start:start + chunk]).float().cpu().numpy()
+    store.sync()
 
 
 def build_denoiser(params: TrainParams, space: TargetSpace, clip: tuple[int, int, int], text_encoder,
@@ -190,8 +222,10 @@ def diffusion_loss(diffusion: GaussianDiffusion) -> LossFn:
             # one), so it is the same draw for a sample whatever the number of training processes
             drop = rand(len(text), gen, text.device) < m.config.cond_drop_prob
 
+        image = image_to_tensor(batch["first_frame"], batch["x0"].device)  # stored as uint8 H x W x 3
+
         def model_fn(x, tt):
-            return m(x, tt, batch["first_frame"], text, drop_text=drop)
+            return m(x, tt, image, text, drop_text=drop)
 
         out = diffusion.training_loss(model_fn, batch["x0"], generator=gen)
         return {"loss": out["loss"]}
@@ -281,10 +315,13 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     data = open_ingested(ingested_dir)
     torch.manual_seed(params.seed)  # before anything is built: the autoencoder, text encoder and UNet draw from it
     space, ae_config, ae_weights = build_training_space(params, autoencoder_dir)
-    clips = encode_training_clips(params, data, space, ingested_dir)
-    text_encoder = load_text_encoder() if clips.use_text else None
-    tensors = training_tensors(space, clips.train, text_encoder)
-    model, unet_config = build_denoiser(params, space, clips.clip, text_encoder, tensors.get("text"))
+    records = training_records(params, data, ingested_dir)
+    use_text = bool(params.text and any(r.get("caption", "").strip() for r in records))
+    text_encoder = load_text_encoder() if use_text else None
+    first = data.records[0]
+    specs = training_specs(space, (first["frames"], first["height"], first["width"]))
+    if text_encoder is not None:
+        specs["text"] = RowSpec((text_encoder.dim,), "float32")
 
     cfg = TrainConfig.from_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +329,15 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     context = distributed_context(select_device(cfg.device))
     if not resume and context.is_main:
         metrics_path.unlink(missing_ok=True)
-    with shared_training_data(tensors, context) as data_arrays:
+    with training_arrays(specs, len(records), context) as store:
+        started = time.perf_counter()
+        encode_training_set(store, data, space)
+        clips = describe_clips(params, data, space, records, use_text, time.perf_counter() - started)
+        if text_encoder is not None:
+            write_text_embeddings(store, text_encoder, clips.captions)
+        data_arrays = store.arrays()
+        text = torch.from_numpy(np.array(data_arrays["text"])) if text_encoder is not None else None
+        model, unet_config = build_denoiser(params, space, clips.clip, text_encoder, text)
         trainer = Trainer(model, diffusion_loss(diffusion), data_arrays, cfg, out_dir, kind="dvdm-diffusion",
                           checkpoint_config=checkpoint_config(params, space, unet_config, diffusion, clips.clip,
                                                               text_encoder, ae_config),
@@ -316,7 +361,7 @@ def training_metrics(params: TrainParams, trainer: Trainer, space: TargetSpace, 
                      clips: TrainingClips, text_encoder, train_seconds: float) -> dict[str, Any]:
     """results.json: sizes, timings and the EMA model's loss on the held-out clips."""
     held_out = clips.held_out
-    return {"space": params.space, "steps": trainer.step, "train_clips": len(clips.train.raws),
+    return {"space": params.space, "steps": trainer.step, "train_clips": clips.train_clips,
             "encode_seconds": round(clips.encode_seconds, 2), "train_seconds": round(train_seconds, 2),
             "target_shape": list(space.target_shape(*clips.clip)),
             "parameters": sum(p.numel() for p in trainer.model.parameters()),

@@ -30,6 +30,7 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine (they share its files and page cache)
 
     @property
     def enabled(self) -> bool:
@@ -84,12 +85,13 @@ def distributed_context(device: torch.device | None = None) -> DistributedContex
     if not launched_by_torchrun():
         return SINGLE
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if not dist.is_initialized():
         cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
         if cuda:
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistributedContext(rank=rank, world_size=world, local_rank=local)
+    return DistributedContext(rank=rank, world_size=world, local_rank=local, local_world_size=local_world)
 
 
 def process_device(device: torch.device, context: DistributedContext) -> torch.device:

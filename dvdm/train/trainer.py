@@ -35,6 +35,7 @@ from dvdm.train.device import amp_dtype, autocast, select_device
 from dvdm.train.distributed import distributed_context, process_device
 from dvdm.train.ema import EMA
 from dvdm.train.thread_governor import ThreadGovernor
+from dvdm.utils.atomic import write_text
 from dvdm.utils.progress import Progress, announce
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Callback(Protocol):
     def on_train_end(self, step: int) -> None: ...  # the loop is done (the final checkpoint and samples follow)
     def on_sample(self, step: int, paths: list[Path]) -> None: ...
     def on_checkpoint(self, step: int, path: Path) -> None: ...
+    def on_resume(self, step: int) -> None: ...  # training continues after `step` (from a checkpoint)
 
 
 class JsonlMetrics:
@@ -162,6 +164,15 @@ class JsonlMetrics:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._note(f"step {step}: checkpoint {path}")
+
+    def on_resume(self, step: int) -> None:
+        """Drop what the interrupted run logged after its checkpoint: those steps are trained (and logged) again."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            write_text(self.path, "".join(kept))
 
 
 @dataclass
@@ -286,6 +297,8 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self._order, self._pos = state["order"], state["pos"]
+        for cb in self.callbacks:
+            cb.on_resume(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- loop -----------------------------------------------------------------------------------------
