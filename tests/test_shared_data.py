@@ -218,3 +218,25 @@ def test_train_ae_rows_are_every_residual_frame_in_order(tmp_path):
         rows = np.array(store.arrays()["residual"])
     expected = np.concatenate([a["residual"] for _, a in data.iter_examples("train")]).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(rows, expected)
+
+
+def test_a_full_disk_is_a_clear_error_before_any_row_is_written(tmp_path, monkeypatch):
+    """The arrays' blocks are reserved up front (a write through a map into a sparse file on a full disk would
+    kill the process with SIGBUS); running out of room names TMPDIR and the sizes, and leaves nothing behind."""
+    import errno
+    import os
+    import tempfile
+
+    from dvdm.errors import DvdmError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(DvdmError, match=r"no room for the training arrays .*No space left on device.*need 8 MB "
+                                        r"for x, .* MB is free; point TMPDIR at a larger disk"):
+        with training_arrays({"x": RowSpec((1024,), "float64")}, 1024, SINGLE):
+            pass
+    assert not list(tmp_path.glob("dvdm-train-data-*"))

@@ -15,6 +15,7 @@ autoencoder's residual frames about 180 MB).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from dvdm.errors import DvdmError
 from dvdm.train.distributed import DistributedContext
 
 
@@ -82,6 +84,21 @@ class TrainingArrays:
         return maps
 
 
+def _allocate(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """An empty `.npy` file of `shape`, its blocks reserved on disk now: writing a row through a map into a
+    sparse file on a full disk kills the process with SIGBUS, where reserving fails here with a clear error."""
+    np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+    except OSError as exc:
+        free = shutil.disk_usage(path.parent).free
+        raise DvdmError(f"no room for the training arrays in {path.parent.parent} ({exc.strerror}): they need "
+                        f"{size / 2**20:.0f} MB for {path.stem}, {free / 2**20:.0f} MB is free; point TMPDIR at a "
+                        f"larger disk") from None
+
+
 @contextlib.contextmanager
 def training_arrays(specs: Mapping[str, RowSpec], rows: int,
                     context: DistributedContext) -> Iterator[TrainingArrays]:
@@ -92,9 +109,8 @@ def training_arrays(specs: Mapping[str, RowSpec], rows: int,
     try:
         if creator:
             folder.mkdir(parents=True, exist_ok=True)
-            for key, spec in specs.items():  # sparse files: nothing is allocated until a row is written
-                np.lib.format.open_memmap(folder / f"{key}.npy", mode="w+", dtype=np.dtype(spec.dtype),
-                                          shape=(rows, *spec.shape)).flush()
+            for key, spec in specs.items():
+                _allocate(folder / f"{key}.npy", np.dtype(spec.dtype), (rows, *spec.shape))
         context.barrier()
         yield TrainingArrays(folder, rows, list(specs), context)
     finally:
