@@ -8,16 +8,21 @@ run 2 steps on it (the real CLI, a fresh process each) and the peak private and 
 process is sampled. `--code DIR` runs the stages from another checkout (e.g. the commit before streaming) over the
 same data, side by side in the same run.
 
+A stage decompresses one shard (up to 256 clips, `ingest.clips_per_shard`) at a time, so sizes below 256
+clips also measure the shard's own growth: compare sizes of at least 256. With `--steps N` the runs also time
+N training steps per stage (fixed 2 threads, no governor), so the arms' steps/s can be compared in one run.
+
 Reports the peaks per stage and size, and their growth in MB per 1,000 extra training clips (target: the
 private growth is under a tenth of what the set itself takes per 1,000 clips, i.e. nothing private scales
 with the data).
 
-    python benchmarks/training_memory.py [--clips 256 1024] [--code OLD_CHECKOUT] [--json PATH]
+    python benchmarks/training_memory.py [--clips 256 1024] [--steps 2] [--code OLD_CHECKOUT] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +40,7 @@ from bench_json import write_results  # noqa: E402
 
 PRESET = ROOT / "dvdm" / "presets" / "tiny.yaml"
 STAGES = ("train-ae", "train-diffusion")
+RESULTS = {"train-ae": "autoencoder/results.json", "train-diffusion": "diffusion/results.json"}
 
 
 def _status_kb(pid: int) -> dict[str, int]:
@@ -79,8 +85,8 @@ def make_data(where: Path, clips: int, env: dict[str, str]) -> Path:
     return where
 
 
-def stage_commands(data: Path, out: Path) -> dict[str, list[str]]:
-    few = ["--set", "steps=2", "--set", "log_every=1", "--set", "checkpoint_every=0"]
+def stage_commands(data: Path, out: Path, steps: int) -> dict[str, list[str]]:
+    few = ["--set", f"steps={steps}", "--set", "log_every=1", "--set", "checkpoint_every=0"]
     py = [sys.executable, "-m", "dvdm"]
     return {"train-ae": [*py, "train-ae", "--params", str(PRESET), "--in", str(data / "decomposed"),
                          "--out", str(out / "autoencoder"), *few],
@@ -100,11 +106,13 @@ def encoded_mb(clips: int) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, nargs=2, default=[256, 1024], metavar=("SMALL", "LARGE"))
+    ap.add_argument("--steps", type=int, default=2,
+                    help="training steps per stage; with more, the speed table compares the arms' steps/s")
     ap.add_argument("--code", type=Path, help="also run the stages from this checkout (e.g. before streaming)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "training_memory.json")
     args = ap.parse_args()
     arms = {"streamed (this tree)": ROOT, **({f"baseline ({args.code.name})": args.code} if args.code else {})}
-    base_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "2"}
+    base_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "2"}  # fixed: no thread governor
     peaks: dict[str, dict[str, dict[int, dict[str, float]]]] = {arm: {s: {} for s in STAGES} for arm in arms}
     with tempfile.TemporaryDirectory(prefix="dvdm-mem-") as tmp:
         for clips in args.clips:
@@ -112,10 +120,13 @@ def main() -> int:
             for arm, code in arms.items():
                 env = {**base_env, "PYTHONPATH": str(code)}
                 out = Path(tmp) / f"{arm.split()[0]}{clips}"
-                for stage, cmd in stage_commands(data, out).items():
+                for stage, cmd in stage_commands(data, out, args.steps).items():
                     peak = peaks[arm][stage][clips] = peak_memory_mb(cmd, data, env)
+                    results = json.loads((out / RESULTS[stage]).read_text())
+                    peak["steps_per_second"] = round(results["steps"] / results["train_seconds"], 2)
                     print(f"{arm:24s} {stage:16s} {clips:5d} clips: private {peak['private']:.0f} MB, "
-                          f"file-backed {peak['file_backed']:.0f} MB", flush=True)
+                          f"file-backed {peak['file_backed']:.0f} MB, {peak['steps_per_second']} steps/s",
+                          flush=True)
     small, large = args.clips
     per_k = 1000 / (large - small)
     rows = []
@@ -134,7 +145,13 @@ def main() -> int:
                          "in_memory_set_mb_per_1000_clips": round(held, 1), "flat": growth < 0.1 * held})
             print(f"| {arm} | {stage} | {a['private']:.0f} | {b['private']:.0f} | {growth:.0f} | {file_growth:.0f} "
                   f"| {held:.0f} |")
-    write_results(args.json, "training_memory", {"clips": args.clips, "rows": rows,
+    print(f"\n| arm | stage | steps/s, {small} clips | steps/s, {large} clips |  ({args.steps} steps, 2 threads)")
+    print("|---|---|---|---|")
+    for arm in arms:
+        for stage in STAGES:
+            print(f"| {arm} | {stage} | {peaks[arm][stage][small]['steps_per_second']} "
+                  f"| {peaks[arm][stage][large]['steps_per_second']} |")
+    write_results(args.json, "training_memory", {"clips": args.clips, "steps": args.steps, "rows": rows,
                                                  "target": "private growth < 0.1 x the in-memory set per 1,000 clips"})
     return 0 if all(r["flat"] for r in rows if r["arm"].startswith("streamed")) else 1
 
