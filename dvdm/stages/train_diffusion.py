@@ -169,8 +169,10 @@ def load_text_encoder():
 
 
 def write_text_embeddings(store: TrainingArrays, text_encoder, captions: list[str], chunk: int = 4096) -> None:
-    """Rank 0 writes the frozen sentence embedding of every training caption into the `text` rows."""
-    if store.context.is_main:
+    """The frozen sentence embedding of every training caption into the `text` rows, written by the first
+    process of each machine (every machine has its own copy of the arrays; one pass over the captions, as a
+    single process makes it, so the embeddings do not depend on the number of processes)."""
+    if store.context.local_rank == 0:
         rows = store.writable("text")
         for start in range(0, len(captions), chunk):
             rows[start:start + chunk] = text_encoder.encode(captions[start:start + chunk]).float().cpu().numpy()
