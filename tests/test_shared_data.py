@@ -214,7 +214,7 @@ def test_train_ae_rows_are_every_residual_frame_in_order(tmp_path):
     first = data.records[0]
     with training_arrays({"residual": RowSpec((3, first["height"], first["width"]), "int16")},
                          residual_rows(records)[-1], SINGLE) as store:
-        write_residuals(store, data, records)
+        write_residuals(store, data, records, residual_rows(records))
         rows = np.array(store.arrays()["residual"])
     expected = np.concatenate([a["residual"] for _, a in data.iter_examples("train")]).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(rows, expected)

@@ -51,9 +51,11 @@ def residual_rows(records: list[dict[str, Any]]) -> list[int]:
     return offsets
 
 
-def write_residuals(store: TrainingArrays, data: ShardedDataset, records: list[dict[str, Any]]) -> None:
-    """This process's share of the training clips, each clip's residual frames into its rows (3, H, W) int16."""
-    offsets, rows = residual_rows(records), store.writable("residual")
+def write_residuals(store: TrainingArrays, data: ShardedDataset, records: list[dict[str, Any]],
+                    offsets: list[int]) -> None:
+    """This process's share of the training clips, each clip's residual frames into its rows (3, H, W) int16
+    (`offsets`: `residual_rows(records)`)."""
+    rows = store.writable("residual")
     clips = local_share(len(records), store.context)
     examples = data.iter_examples("train", clips.start, clips.stop, keys=("residual",))
     for k, (record, arrays) in enumerate(examples, clips.start):
@@ -154,8 +156,9 @@ def run_train_ae(params: TrainAEParams, decomposed_dir: str | Path, out_dir: str
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     first = data.records[0]
     spec = RowSpec((3, int(first["height"]), int(first["width"])), "int16")
-    with training_arrays({"residual": spec}, residual_rows(records)[-1], context) as store:
-        write_residuals(store, data, records)
+    offsets = residual_rows(records)
+    with training_arrays({"residual": spec}, offsets[-1], context) as store:
+        write_residuals(store, data, records, offsets)
         data_arrays = store.arrays()
         trainer = Trainer(model, loss_fn, data_arrays, cfg, out_dir, kind="dvdm-autoencoder",
                           checkpoint_config={"autoencoder": as_dict(ae_config), "block": block,

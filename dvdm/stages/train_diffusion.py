@@ -66,8 +66,7 @@ class TrainingClips:
     """What the stage knows of its clips besides the training arrays (which stay on disk)."""
 
     clip: tuple[int, int, int]          # frames, height, width (the first clip's; every clip has it)
-    train_clips: int
-    captions: list[str]                 # of the training clips, in the order of their rows
+    captions: list[str]                 # of the training clips, in the order of their rows (one per clip)
     held_out: EncodedSplit              # up to 4 val (else test) clips: progress samples and the validation loss
     use_text: bool                      # train.text is on and the training clips carry captions
     check_frames: list                  # first frames of the periodic prompt-swap check (empty: no check)
@@ -139,17 +138,15 @@ def encode_training_set(store: TrainingArrays, data: ShardedDataset, space: Targ
     store.sync()
 
 
-def describe_clips(params: TrainParams, data: ShardedDataset, space: TargetSpace, records: list[dict[str, Any]],
-                   use_text: bool, encode_seconds: float) -> TrainingClips:
+def describe_clips(params: TrainParams, data: ShardedDataset, space: TargetSpace, clip: tuple[int, int, int],
+                   records: list[dict[str, Any]], use_text: bool, encode_seconds: float) -> TrainingClips:
     """The held-out clips (encoded) and the prompt-swap check's first frames, beside the training rows."""
-    first = data.records[0]
     eval_split = "val" if data.splits()["val"] else "test"
     started = time.perf_counter()
     held_out = encode_split(data, eval_split, space, 4)
     check_frames = prompt_swap_check_frames(data, eval_split, params.check_clips) \
         if use_text and params.check_clips else []
-    return TrainingClips((first["frames"], first["height"], first["width"]), len(records),
-                         [r.get("caption", "") for r in records], held_out, use_text, check_frames,
+    return TrainingClips(clip, [r.get("caption", "") for r in records], held_out, use_text, check_frames,
                          encode_seconds + time.perf_counter() - started)
 
 
@@ -321,7 +318,8 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     use_text = bool(params.text and any(r.get("caption", "").strip() for r in records))
     text_encoder = load_text_encoder() if use_text else None
     first = data.records[0]
-    specs = training_specs(space, (first["frames"], first["height"], first["width"]))
+    clip = (first["frames"], first["height"], first["width"])  # every clip has the first one's size
+    specs = training_specs(space, clip)
     if text_encoder is not None:
         specs["text"] = RowSpec((text_encoder.dim,), "float32")
 
@@ -334,7 +332,7 @@ def run_train_diffusion(params: TrainParams, ingested_dir: str | Path, out_dir: 
     with training_arrays(specs, len(records), context) as store:
         started = time.perf_counter()
         encode_training_set(store, data, space)
-        clips = describe_clips(params, data, space, records, use_text, time.perf_counter() - started)
+        clips = describe_clips(params, data, space, clip, records, use_text, time.perf_counter() - started)
         if text_encoder is not None:
             write_text_embeddings(store, text_encoder, clips.captions)
         data_arrays = store.arrays()
@@ -363,7 +361,7 @@ def training_metrics(params: TrainParams, trainer: Trainer, space: TargetSpace, 
                      clips: TrainingClips, text_encoder, train_seconds: float) -> dict[str, Any]:
     """results.json: sizes, timings and the EMA model's loss on the held-out clips."""
     held_out = clips.held_out
-    return {"space": params.space, "steps": trainer.step, "train_clips": clips.train_clips,
+    return {"space": params.space, "steps": trainer.step, "train_clips": len(clips.captions),
             "encode_seconds": round(clips.encode_seconds, 2), "train_seconds": round(train_seconds, 2),
             "target_shape": list(space.target_shape(*clips.clip)),
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
